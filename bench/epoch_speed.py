@@ -1,0 +1,140 @@
+"""Seconds per MNIST epoch, side by side in one process: the classic lab loop vs dllab's engine.
+
+(a) classic: torchvision MNIST + ToTensor + DataLoader(batch 100, shuffle, drop_last), as in the lab
+(b) dllab:   dl_lab.engine.train on the same MLP (784-256-256-10 ReLU) and optimizer (Adam lr 0.001)
+(c) floor:   a bare loop over preloaded tensors with index-slice batches, the same maths
+
+Each epoch includes one evaluation of the 10k test images, for all three. Prints medians and ratios.
+Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def lab_model(device: torch.device) -> nn.Module:
+    torch.manual_seed(777)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+    return model.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def classic(root: str, device: torch.device, epochs: int) -> list[float]:
+    """The lab's loop: per-sample PIL -> ToTensor in a DataLoader, one .item() per step."""
+    import torchvision.datasets as dsets
+    import torchvision.transforms as transforms
+
+    train = dsets.MNIST(root=root, train=True, transform=transforms.ToTensor(), download=False)
+    test = dsets.MNIST(root=root, train=False, transform=transforms.ToTensor(), download=False)
+    loader = torch.utils.data.DataLoader(train, batch_size=100, shuffle=True, drop_last=True)
+    model = lab_model(device)
+    criterion = nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        avg_cost = 0.0
+        for X, Y in loader:
+            X, Y = X.view(-1, 28 * 28).to(device), Y.to(device)
+            optimizer.zero_grad()
+            cost = criterion(model(X), Y)
+            cost.backward()
+            optimizer.step()
+            avg_cost += cost.item() / len(loader)
+        with torch.no_grad():
+            X_test = (test.data.view(-1, 28 * 28).float() / 255).to(device)
+            accuracy = (model(X_test).argmax(1) == test.targets.to(device)).float().mean().item()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    print(f"  classic: last epoch cost {avg_cost:.4f}, test acc {accuracy:.4f}")
+    return times
+
+
+def dllab(root: str, device: torch.device, epochs: int) -> list[float]:
+    from dl_lab.config import ExperimentConfig
+    from dl_lab.data import DataRoot, load_dataset
+    from dl_lab.engine import train
+
+    config = ExperimentConfig.model_validate({
+        "name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}})
+    data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
+
+    class Quiet:
+        def run_started(self, *a): ...
+        def step_done(self, *a): ...
+        def epoch_done(self, *a): ...
+
+    result = train(config, data, device, Quiet())
+    print(f"  dllab:   last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
+    return [m.seconds for m in result.history]
+
+
+def floor(root: str, device: torch.device, epochs: int) -> list[float]:
+    """No framework: tensors preloaded on the device, index-slice batches, fused Adam."""
+    import torchvision.datasets as dsets
+
+    train = dsets.MNIST(root=root, train=True, download=False)
+    test = dsets.MNIST(root=root, train=False, download=False)
+    x = (train.data.view(-1, 784).float() / 255).to(device)
+    y = train.targets.to(device)
+    x_test, y_test = (test.data.view(-1, 784).float() / 255).to(device), test.targets.to(device)
+    model = lab_model(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001, fused=True)
+    criterion = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(x), device=device)
+        for i in range(0, len(x) - 99, 100):
+            index = order[i:i + 100]
+            loss = criterion(model(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.inference_mode():
+            accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    print(f"  floor:   test acc {accuracy:.4f}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    from dl_lab.device import device_name
+
+    name = device_name(device)
+    print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{args.epochs} epochs each of 784-256-256-10 ReLU, Adam lr 0.001, batch 100, on {device}")
+    medians = {}
+    for label, fn in [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]:
+        times = fn(args.root, device, args.epochs)
+        medians[label] = statistics.median(times)
+    base = medians["classic lab loop"]
+    print(f"\n{'pipeline':<18} {'s/epoch (median)':>17} {'speed-up vs classic':>20}")
+    for label, seconds in medians.items():
+        print(f"{label:<18} {seconds:>17.3f} {base / seconds:>19.2f}x")
+    print(f"\ndllab / bare loop: {medians['dllab engine'] / medians['bare tensor loop']:.2f} (1.00 = no framework overhead)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from dl_lab.cli import main
+
+main()

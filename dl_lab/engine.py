@@ -1,0 +1,205 @@
+"""Training and evaluation. Returns data; writing files and drawing the terminal happen elsewhere.
+
+Speed rules kept here: the dataset already sits on the device, batches are index slices of it,
+loss and accuracy accumulate on the device, and the host syncs once per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from dl_lab.config import ExperimentConfig
+from dl_lab.data import Dataset, Split
+from dl_lab.model import build_mlp, has_batchnorm, parameter_count
+from dl_lab.optimizers import OPTIMIZERS
+
+Status = Literal["completed", "failed", "interrupted"]
+EVAL_BATCH_SIZE = 10_000  # evaluation needs no gradients, so big batches are cheap and fast
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float  # mean over the epoch's training batches, in train mode (dropout on)
+    train_acc: float
+    test_loss: float  # eval mode, whole test split
+    test_acc: float
+    seconds: float  # wall time of the epoch: training and evaluation
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+FINAL_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one epoch walks the training split: `steps` batches of `batch_size` index slices."""
+
+    samples: int  # training samples seen per epoch
+    batch_size: int
+    steps: int
+    dropped: int  # samples left out per epoch (drop_last, or a lone sample batch norm cannot use)
+
+    @classmethod
+    def make(cls, n: int, batch_size: int, drop_last: bool, batchnorm: bool) -> "BatchPlan":
+        full, rest = divmod(n, batch_size)
+        # BatchNorm1d cannot compute batch statistics from one sample, so a final batch of one
+        # is dropped even with drop_last: false (documented in docs/config.md).
+        keep_rest = rest > 0 and not drop_last and not (batchnorm and rest == 1)
+        steps = full + int(keep_rest)
+        samples = full * batch_size + (rest if keep_rest else 0)
+        return cls(samples, batch_size, steps, n - samples)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: Status
+    history: tuple[EpochMetrics, ...]
+    seconds: float
+    plan: BatchPlan
+    parameters: int
+    error: str | None = None  # traceback text for failed runs
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.history[-1] if self.history else None
+
+
+class Observer(Protocol):
+    """What the engine reports while it trains (progress bars, run recorders)."""
+
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None: ...
+
+    def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
+        """``loss_sum`` is a device tensor; reading it syncs, so observers must throttle."""
+
+    def epoch_done(self, metrics: EpochMetrics) -> None: ...
+
+
+@dataclass
+class Observers:
+    """Fan-out to several observers."""
+
+    members: Sequence[Observer] = field(default_factory=tuple)
+
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
+        for member in self.members:
+            member.run_started(config, plan)
+
+    def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
+        for member in self.members:
+            member.step_done(epoch, step, loss_sum, samples)
+
+    def epoch_done(self, metrics: EpochMetrics) -> None:
+        for member in self.members:
+            member.epoch_done(metrics)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed init and dropout (all devices) and return the generator that orders the data.
+
+    The order generator lives on the CPU so the same seed gives the same batches on every device.
+    """
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class Engine(Protocol):
+    """Trains a list of configs on one dataset; a batched engine can train them together."""
+
+    def run(self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
+            observer: Observer) -> list[TrainResult]: ...
+
+
+class SequentialEngine:
+    """One model after another; stops early if a run is interrupted."""
+
+    def run(self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
+            observer: Observer) -> list[TrainResult]:
+        results = []
+        for config in configs:
+            results.append(train(config, data, device, observer))
+            if results[-1].status == "interrupted":
+                break
+        return results
+
+
+def train(config: ExperimentConfig, data: Dataset, device: torch.device, observer: Observer) -> TrainResult:
+    """Train one model as ``config`` says and evaluate it after every epoch."""
+    started = time.perf_counter()
+    order = seed_everything(config.seed)
+    model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
+    optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device)
+    loss_fn = nn.CrossEntropyLoss()
+    plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, has_batchnorm(model))
+    observer.run_started(config, plan)
+    history: list[EpochMetrics] = []
+    status: Status = "completed"
+    error = None
+    try:
+        for epoch in range(1, config.train.epochs + 1):
+            epoch_start = time.perf_counter()
+            train_sums = train_epoch(model, optimizer, loss_fn, data.train, plan, order, epoch, observer)
+            test_sums = evaluate(model, loss_fn, data.test)
+            # The epoch's single host sync: four numbers come back together.
+            train_loss, train_correct, test_loss, test_correct = torch.stack([*train_sums, *test_sums]).tolist()
+            metrics = EpochMetrics(epoch, train_loss / plan.samples, train_correct / plan.samples,
+                                   test_loss / len(data.test), test_correct / len(data.test),
+                                   time.perf_counter() - epoch_start)
+            history.append(metrics)
+            observer.epoch_done(metrics)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except Exception:  # recorded in the run; the CLI reports it and exits non-zero
+        status, error = "failed", traceback.format_exc()
+    return TrainResult(status, tuple(history), time.perf_counter() - started, plan, parameter_count(model), error)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
+                plan: BatchPlan, order: torch.Generator, epoch: int,
+                observer: Observer) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over shuffled index slices; returns (summed loss, correct count) as device tensors."""
+    model.train()
+    device = split.x.device
+    permutation = torch.randperm(len(split), generator=order).to(device, non_blocking=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    for step in range(plan.steps):
+        index = permutation[step * plan.batch_size:(step + 1) * plan.batch_size]
+        inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
+        logits = model(inputs)
+        loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch = min(plan.batch_size, len(split) - step * plan.batch_size)
+        seen += batch
+        loss_sum += loss.detach() * batch
+        correct += (logits.detach().argmax(1) == targets).sum()
+        observer.step_done(epoch, step + 1, loss_sum, seen)
+    return loss_sum, correct
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loss_fn: nn.Module, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval mode (dropout off, batch-norm running stats), no autograd; returns device sums."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), device=split.x.device)
+    for start in range(0, len(split), EVAL_BATCH_SIZE):
+        inputs, targets = split.x[start:start + EVAL_BATCH_SIZE], split.y[start:start + EVAL_BATCH_SIZE]
+        logits = model(inputs)
+        loss_sum += loss_fn(logits, targets) * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
+    model.train(was_training)
+    return loss_sum, correct

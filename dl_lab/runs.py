@@ -1,0 +1,140 @@
+"""Run folders: one per run, self-describing, written atomically.
+
+A run folder holds config.yaml (resolved), metrics.csv (one row per finished epoch),
+summary.json (status and final numbers) and env.json. summary.json says "running" from the
+start and is rewritten once the run ends, so a killed process never looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dl_lab.config import ExperimentConfig
+from dl_lab.engine import FINAL_KEYS, BatchPlan, EpochMetrics, TrainResult
+
+METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_run_dir(runs_root: Path, name: str) -> Path:
+    """runs/<UTC timestamp>-<name>[-N]; mkdir is atomic, so two runs never share a folder."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+    for attempt in range(1, 10_000):
+        candidate = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {runs_root}")
+
+
+def metrics_csv(history: list[EpochMetrics] | tuple[EpochMetrics, ...]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for metrics in history:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.as_dict().items()})
+    return out.getvalue()
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+@dataclass
+class RunRecorder:
+    """Engine observer that keeps a run folder current: metrics after every epoch, summary at the end."""
+
+    folder: Path
+    config: ExperimentConfig
+    env: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.history: list[EpochMetrics] = []
+        self.plan: BatchPlan | None = None
+        self.started_at = _now()
+        self._started = time.perf_counter()
+        write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
+        write_atomic(self.folder / "env.json", dump_json(self.env))
+        write_atomic(self.folder / "metrics.csv", metrics_csv([]))
+        self._write_summary("running")
+
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
+        self.plan = plan
+
+    def step_done(self, epoch: int, step: int, loss_sum: Any, samples: int) -> None:
+        pass
+
+    def epoch_done(self, metrics: EpochMetrics) -> None:
+        self.history.append(metrics)
+        write_atomic(self.folder / "metrics.csv", metrics_csv(self.history))
+        self._write_summary("running")
+
+    def finish(self, result: TrainResult) -> dict[str, Any]:
+        """Write the final summary from the engine's result and return it."""
+        self.history = list(result.history)
+        write_atomic(self.folder / "metrics.csv", metrics_csv(self.history))
+        return self._write_summary(result.status, result)
+
+    def interrupted(self) -> dict[str, Any]:
+        """For an interrupt that arrived outside the engine (e.g. while writing)."""
+        return self._write_summary("interrupted")
+
+    def _write_summary(self, status: str, result: TrainResult | None = None) -> dict[str, Any]:
+        final = self.history[-1] if self.history else None
+        plan = result.plan if result else self.plan
+        summary = {
+            "name": self.config.name,
+            "status": status,
+            "seed": self.config.seed,
+            "device": self.env["device"],
+            "device_name": self.env["device_name"],
+            "dataset": self.config.data.dataset,
+            "epochs": len(self.history),
+            "epochs_planned": self.config.train.epochs,
+            "seconds": round(result.seconds if result else time.perf_counter() - self._started, 3),
+            "final": {k: round(getattr(final, k), 6) for k in FINAL_KEYS} if final else None,
+            "best_test_acc": round(max(m.test_acc for m in self.history), 6) if self.history else None,
+            "steps_per_epoch": plan.steps if plan else None,
+            "samples_per_epoch": plan.samples if plan else None,
+            "dropped_per_epoch": plan.dropped if plan else None,
+            "parameters": result.parameters if result else None,
+            "started_at": self.started_at,
+            "finished_at": _now() if status != "running" else None,
+            "run_dir": str(self.folder),
+            "error": (result.error.strip().splitlines()[-1] if result and result.error else None),
+        }
+        write_atomic(self.folder / "summary.json", dump_json(summary))
+        if result and result.error:
+            write_atomic(self.folder / "error.txt", result.error)
+        return summary
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

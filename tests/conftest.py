@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests run on CPU on the in-process `synthetic` dataset unless they need MNIST."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+MNIST_ROOT = Path(os.environ.get("DLLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HAS_MNIST = (MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+needs_mnist = pytest.mark.skipif(
+    not HAS_MNIST, reason=f"real MNIST not found under {MNIST_ROOT}/MNIST/raw (set DLLAB_DATA_DIR to run these)")
+
+# A small, fast experiment: synthetic data, CPU, two epochs.
+FAST = {"device": "cpu", "data": {"dataset": "synthetic"}, "train": {"epochs": 2}}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(data, name="exp") -> path of a YAML file in a fresh folder."""
+
+    def write(data: dict | str, name: str = "exp") -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fast_config(write_config) -> Path:
+    return write_config(FAST, "fast")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_and_data_env(monkeypatch):
+    """Point the tool at the real MNIST when present and keep runs from touching the repository."""
+    monkeypatch.setenv("DLLAB_DATA_DIR", str(MNIST_ROOT))

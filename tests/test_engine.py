@@ -1,0 +1,124 @@
+"""The trainer: batching plan, reproducibility, train/eval modes, interruption and failure as data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dl_lab.config import ExperimentConfig
+from dl_lab.data import DataRoot, load_dataset
+from dl_lab.engine import BatchPlan, Observers, SequentialEngine, evaluate, train
+from dl_lab.model import build_mlp
+
+CPU = torch.device("cpu")
+
+
+def make_config(**sections) -> ExperimentConfig:
+    base = {"name": "t", "device": "cpu", "data": {"dataset": "synthetic"}, "train": {"epochs": 2},
+            "model": {"hidden": [64, 32], "init": "xavier_uniform"}}
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return ExperimentConfig.model_validate(base)
+
+
+def dataset(config: ExperimentConfig):
+    return load_dataset(config.data, DataRoot(__import__("pathlib").Path("/nonexistent"), "test"), CPU)
+
+
+class Quiet:
+    def run_started(self, config, plan): ...
+    def step_done(self, epoch, step, loss_sum, samples): ...
+    def epoch_done(self, metrics): ...
+
+
+@pytest.mark.parametrize("n, batch, drop_last, batchnorm, steps, samples, dropped", [
+    (1000, 100, True, False, 10, 1000, 0),
+    (1005, 100, True, False, 10, 1000, 5),
+    (1005, 100, False, False, 11, 1005, 0),
+    (1001, 100, False, False, 11, 1001, 0),
+    (1001, 100, False, True, 10, 1000, 1),  # a lone sample cannot feed BatchNorm1d
+    (1002, 100, False, True, 11, 1002, 0),
+    (50, 100, True, False, 0, 0, 50),
+])
+def test_batch_plan_honours_drop_last(n, batch, drop_last, batchnorm, steps, samples, dropped):
+    plan = BatchPlan.make(n, batch, drop_last, batchnorm)
+    assert (plan.steps, plan.samples, plan.dropped) == (steps, samples, dropped)
+
+
+def test_training_learns_the_synthetic_task():
+    config = make_config()
+    result = train(config, dataset(config), CPU, Quiet())
+    assert result.status == "completed" and len(result.history) == 2
+    assert result.final.test_acc > 0.8
+    assert result.history[1].train_loss < result.history[0].train_loss
+
+
+def test_same_config_and_seed_give_identical_metrics_and_another_seed_differs():
+    config = make_config(model={"dropout": 0.2})
+    data = dataset(config)
+    strip = lambda result: [(m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in result.history]
+    first, second = train(config, data, CPU, Quiet()), train(config, data, CPU, Quiet())
+    assert strip(first) == strip(second)
+    other = train(config.model_copy(update={"seed": 778}), data, CPU, Quiet())
+    assert strip(other) != strip(first)
+
+
+def test_partial_last_batch_and_lone_sample_with_batchnorm_train_without_crashing():
+    config = make_config(data={"train_subset": 1001, "batch_size": 100, "drop_last": False},
+                         model={"batchnorm": True}, train={"epochs": 1})
+    result = train(config, dataset(config), CPU, Quiet())
+    assert result.status == "completed"
+    assert (result.plan.steps, result.plan.dropped) == (10, 1)
+    config = make_config(data={"train_subset": 1007, "batch_size": 100, "drop_last": False}, train={"epochs": 1})
+    result = train(config, dataset(config), CPU, Quiet())
+    assert (result.plan.steps, result.plan.samples, result.status) == (11, 1007, "completed")
+
+
+def test_evaluation_uses_eval_mode_is_deterministic_and_restores_train_mode():
+    config = make_config(model={"dropout": 0.5})
+    data = dataset(config)
+    model = build_mlp(config.model, 784, 10)
+    model.train()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    first = [t.item() for t in evaluate(model, loss_fn, data.test)]
+    second = [t.item() for t in evaluate(model, loss_fn, data.test)]
+    assert first == second and model.training
+    noisy = [loss_fn(model(data.test.x[:200]), data.test.y[:200]).item() for _ in range(2)]
+    assert noisy[0] != noisy[1]  # dropout is active in train mode
+
+
+class InterruptAt(Quiet):
+    def __init__(self, epoch, exception):
+        self.epoch, self.exception = epoch, exception
+
+    def epoch_done(self, metrics):
+        if metrics.epoch == self.epoch:
+            raise self.exception
+
+
+@pytest.mark.parametrize("exception, status", [(KeyboardInterrupt(), "interrupted"), (RuntimeError("boom"), "failed")])
+def test_interrupted_and_failed_runs_are_returned_as_such_with_what_was_done(exception, status):
+    config = make_config(train={"epochs": 5})
+    result = train(config, dataset(config), CPU, Observers([Quiet(), InterruptAt(2, exception)]))
+    assert result.status == status
+    assert len(result.history) == 2  # epoch 2 finished before the observer raised
+    assert (result.error is not None) == (status == "failed")
+    if status == "failed":
+        assert "boom" in result.error
+
+
+def test_sequential_engine_trains_each_config_and_stops_after_an_interrupt():
+    configs = [make_config(seed=1, train={"epochs": 1}), make_config(seed=2, train={"epochs": 1})]
+    results = SequentialEngine().run(configs, dataset(configs[0]), CPU, Quiet())
+    assert [r.status for r in results] == ["completed", "completed"]
+    assert results[0].final.train_loss != results[1].final.train_loss  # seeds differ
+    stopped = SequentialEngine().run(configs, dataset(configs[0]), CPU, InterruptAt(1, KeyboardInterrupt()))
+    assert [r.status for r in stopped] == ["interrupted"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_the_data_order_and_learns():
+    config = make_config(device="cuda")
+    data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), torch.device("cuda"))
+    result = train(config, data, torch.device("cuda"), Quiet())
+    assert result.status == "completed" and result.final.test_acc > 0.8
