@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Checks to run on a lent CUDA machine, as one script (see DEVELOPERS.md and docs/performance.md).
+# Expects, in the checkout: .whl/ (wheels the machine lacks: pydantic, typer, rich ... for its Python)
+# and .device-data/mnist-gz/ (a copy of ../shared/data/mnist-gz). Writes logs under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || echo "editable install failed"
+mkdir -p .device-data/MNIST/raw
+for f in .device-data/mnist-gz/*.gz; do gunzip -c "$f" > ".device-data/MNIST/raw/$(basename "$f" .gz)"; done
+export DLLAB_DATA_DIR=$PWD/.device-data PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+echo "== test suite (CUDA present) =="
+python3 -m pytest -q 2>&1 | tail -8
+
+echo "== lab relu preset, 15 epochs, cuda =="
+python3 -m dl_lab train --config configs/relu.yaml --set device=cuda --json --runs-dir /tmp/runs > "$OUT/relu15.json" 2> "$OUT/relu15.log"
+echo "rc=$?"; tail -3 "$OUT/relu15.log"
+python3 -c "import json; s=json.load(open('$OUT/relu15.json')); print(s['status'], s['device_name'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
+
+echo "== acceptance: 1 epoch, xavier_uniform, cuda =="
+python3 -m dl_lab train --config configs/relu.yaml --set device=cuda --set train.epochs=1 --set model.init=xavier_uniform --json --runs-dir /tmp/runs 2>/dev/null \
+  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
+
+echo "== mixed options (tanh, he_normal, BN after, dropout, SGD momentum, batch 128, no drop_last), cuda =="
+python3 -m dl_lab train --config relu --set device=cuda --set train.epochs=1 --set model.activation=tanh --set model.init=he_normal \
+  --set "model.batchnorm={position: after}" --set model.dropout=0.2 --set optimizer.name=sgd --set optimizer.lr=0.05 \
+  --set optimizer.momentum=0.9 --set data.batch_size=128 --set data.drop_last=false --json --runs-dir /tmp/runs 2>/dev/null \
+  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'steps', s['steps_per_epoch'])"
+
+echo "== a CUDA index that does not exist =="
+python3 -m dl_lab train --config relu --set device=cuda:7 --runs-dir /tmp/runs-none; echo "rc=$? (expect 2)"; ls /tmp/runs-none 2>&1 | head -1
+
+echo "== bench: classic loop vs dllab vs bare loop, cuda =="
+python3 bench/epoch_speed.py --device cuda --epochs 3 2>&1 | tee "$OUT/bench_cuda.txt"
