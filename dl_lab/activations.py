@@ -1,4 +1,8 @@
-"""Hidden-layer activations by name (the output layer never has one: CrossEntropyLoss takes logits)."""
+"""Hidden-layer activations by name (the output layer never has one: CrossEntropyLoss takes logits).
+
+Each entry names the nonlinearity that ``torch.nn.init.calculate_gain`` knows it by (``gain``), so
+``model.init_gain: auto`` can scale Xavier/He init for it; None means torch recommends no gain (1).
+"""
 
 from __future__ import annotations
 
@@ -24,20 +28,21 @@ def _module(class_name: str) -> ActivationBuilder:
     return build
 
 
-# name, torch.nn class, help. Activations with parameters are registered below the table.
-for _name, _class, _help in [
-    ("relu", "ReLU", "max(0, x); the lab's default"),
-    ("sigmoid", "Sigmoid", "1 / (1 + e^-x); saturates, so gradients vanish in deep stacks"),
-    ("tanh", "Tanh", "hyperbolic tangent; zero-centred but saturates like sigmoid"),
-    ("elu", "ELU", "x for x > 0, e^x - 1 otherwise"),
-    ("selu", "SELU", "scaled ELU (self-normalizing)"),
-    ("gelu", "GELU", "x * Phi(x)"),
-    ("softplus", "Softplus", "log(1 + e^x), a smooth ReLU"),
+# name, torch.nn class, calculate_gain name, help. Activations with parameters follow the table.
+for _name, _class, _gain, _help in [
+    ("relu", "ReLU", "relu", "max(0, x); the lab's default"),
+    ("sigmoid", "Sigmoid", "sigmoid", "1 / (1 + e^-x); saturates, so gradients vanish in deep stacks"),
+    ("tanh", "Tanh", "tanh", "hyperbolic tangent; zero-centred but saturates like sigmoid"),
+    ("elu", "ELU", None, "x for x > 0, e^x - 1 otherwise"),
+    ("selu", "SELU", "selu", "scaled ELU (self-normalizing)"),
+    ("gelu", "GELU", None, "x * Phi(x)"),
+    ("softplus", "Softplus", None, "log(1 + e^x), a smooth ReLU"),
 ]:
-    ACTIVATIONS.register(_name, _help)(_module(_class))
+    ACTIVATIONS.register(_name, _help, gain=_gain)(_module(_class))
 
 
-@ACTIVATIONS.register("leaky_relu", "max(slope*x, x); slope from model.leaky_relu_slope", params=("leaky_relu_slope",))
+@ACTIVATIONS.register("leaky_relu", "max(slope*x, x); slope from model.leaky_relu_slope",
+                      params=("leaky_relu_slope",), gain="leaky_relu")
 def _leaky_relu(cfg: "ModelConfig") -> "nn.Module":
     from torch import nn
 

@@ -6,9 +6,9 @@ Field descriptions say what is allowed; error messages and `dllab options` quote
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dl_lab.activations import ACTIVATIONS
 from dl_lab.data import DATASETS
@@ -64,6 +64,15 @@ class BatchNormConfig(Section):
     position: Literal["before", "after"] = Field("before", description="'before' or 'after' the activation")
 
 
+class RbmConfig(Section):
+    """Greedy layer-wise RBM pre-training (model.init: rbm); see pretraining.py."""
+
+    epochs: int = Field(5, ge=1, description="an integer >= 1: pre-training epochs per layer")
+    lr: float = Field(0.05, gt=0.0, description="a learning rate > 0 for contrastive divergence")
+    k: int = Field(1, ge=1, description="an integer >= 1: Gibbs steps per CD-k update")
+    batch_size: int = Field(100, ge=1, description="an integer >= 1")
+
+
 class ModelConfig(Section):
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (256, 256), description="a list of hidden-layer widths, each >= 1 ([] is softmax regression)")
@@ -73,9 +82,14 @@ class ModelConfig(Section):
     batchnorm: BatchNormConfig | Literal[False] = Field(
         False, description="false, true (= before the activation) or {position: before|after}")
     leaky_relu_slope: float = Field(0.01, ge=0.0, description="a number >= 0 (leaky_relu only)")
+    init_gain: Union[Literal["auto"], Annotated[float, Field(gt=0.0)]] = Field(
+        "auto", description="'auto' (the gain torch recommends for each layer's activation, 1 for the output "
+                            "layer) or a number > 0 (xavier_*, he_* only)")
+    rbm: RbmConfig = Field(RbmConfig(), description="{epochs, lr, k, batch_size} (init: rbm only)")
 
     check_activation = field_validator("activation")(lambda cls, v: _registered(ACTIVATIONS, v))
     check_init = field_validator("init")(lambda cls, v: _registered(INITIALIZERS, v))
+    check_init_params = field_validator("init_gain", "rbm")(_used_by_choice(INITIALIZERS, "init", "init"))
 
     @field_validator("batchnorm", mode="before")
     @classmethod
@@ -93,12 +107,16 @@ class OptimizerConfig(Section):
     nesterov: bool = Field(False, description="Nesterov momentum (sgd, needs momentum > 0)")
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
         (0.9, 0.999), description="two numbers in [0, 1) (adam, adamw)")
-    eps: float = Field(1e-8, gt=0.0, description="a number > 0 (adam, adamw)")
+    eps: Optional[float] = Field(None, gt=0.0, description="null (the optimizer's own default) or a number > 0 "
+                                                           "(adam, adamw, rmsprop, adagrad)")
+    alpha: float = Field(0.99, gt=0.0, lt=1.0, description="a smoothing constant in (0, 1) (rmsprop)")
+    centered: bool = Field(False, description="normalize by the centred second moment (rmsprop)")
+    lr_decay: float = Field(0.0, ge=0.0, description="a number >= 0 (adagrad)")
 
     check_name = field_validator("name")(lambda cls, v: _registered(OPTIMIZERS, v))
 
-    check_params = field_validator("lr", "weight_decay", "momentum", "nesterov", "betas", "eps")(
-        _used_by_choice(OPTIMIZERS, "name", "optimizer"))
+    check_params = field_validator("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "alpha",
+                                   "centered", "lr_decay")(_used_by_choice(OPTIMIZERS, "name", "optimizer"))
 
     @field_validator("nesterov")
     @classmethod
@@ -110,6 +128,8 @@ class OptimizerConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(15, ge=1, description="an integer >= 1")
+    eval_train: bool = Field(False, description="also evaluate the training split in eval mode each epoch "
+                                                "(train_eval_loss, train_eval_acc in metrics.csv)")
 
 
 class ExperimentConfig(Section):
@@ -127,6 +147,13 @@ class ExperimentConfig(Section):
         if not DEVICE_PATTERN.match(value):
             raise ValueError(f"unknown device {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _rbm_needs_unit_interval_pixels(self) -> "ExperimentConfig":
+        if self.model.init == "rbm" and self.data.normalize:
+            raise ValueError("model.init: rbm pre-trains Bernoulli units, which need pixels in [0, 1]; "
+                             "allowed: data.normalize: false with init rbm")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -164,6 +164,9 @@ def _describe(exc: ValidationError, origins: dict[str, str], path: Path) -> str:
         loc = [p for p in loc if not (p[:1].isupper() or p.startswith(("literal[", "function-")))]
         key = _dotted(loc)
         source = _origin_of(loc, origins, path)
+        if not key:  # a check across sections: its message names the keys
+            lines.append(("", f"{source}: {error['msg'].removeprefix('Value error, ')}"))
+            continue
         if error["type"] == "extra_forbidden":
             fields = _fields_at(loc[:-1])
             hint = did_you_mean(loc[-1], fields)

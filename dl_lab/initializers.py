@@ -1,50 +1,90 @@
 """Weight initialization schemes by name, applied to every Linear layer (output layer included).
 
 Like the lab, schemes set the weights and keep PyTorch's default biases, except ``zeros``, which
-zeroes both so that every hidden unit is identical (the symmetry problem).
+zeroes both so that every hidden unit is identical (the symmetry problem). Xavier and He take a
+gain: with ``model.init_gain: auto`` it is the one torch recommends for the layer's activation
+(``calculate_gain``), and 1 for the output layer, which has none.
+
+    Xavier: std = gain * sqrt(2 / (fan_in + fan_out)),  uniform bound a = sqrt(3) * std
+    He:     std = gain / sqrt(fan_in),                    uniform bound a = sqrt(3) * std
+            (ReLU: gain sqrt(2), so std = sqrt(2 / fan_in) and a = sqrt(6 / fan_in))
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
+from dl_lab.activations import ACTIVATIONS
 from dl_lab.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
 
-Initializer = Callable[["nn.Linear"], None]
+    from dl_lab.config import ModelConfig
+
+Initializer = Callable[["nn.Linear", float], None]  # (layer, gain)
 INITIALIZERS: Registry[Initializer] = Registry("init")
 
 
-def _weights(function: str, **kwargs: Any) -> Initializer:
-    def initialize(layer: "nn.Linear") -> None:
-        from torch.nn import init  # lazy, as in activations
+def layer_gain(cfg: "ModelConfig", output_layer: bool) -> float:
+    """The gain for one Linear layer: init_gain if a number, else the activation's recommended gain."""
+    if cfg.init_gain != "auto":
+        return float(cfg.init_gain)
+    nonlinearity = None if output_layer else ACTIVATIONS[cfg.activation].meta.get("gain")
+    if nonlinearity is None:
+        return 1.0
+    from torch.nn import init
 
-        getattr(init, function)(layer.weight, **kwargs)
-
-    return initialize
+    return init.calculate_gain(nonlinearity, cfg.leaky_relu_slope if nonlinearity == "leaky_relu" else None)
 
 
 @INITIALIZERS.register("default", "PyTorch's own Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))")
-def _default(layer: "nn.Linear") -> None:
+def _default(layer: "nn.Linear", gain: float) -> None:
     layer.reset_parameters()
 
 
 @INITIALIZERS.register("zeros", "weights and biases 0: every hidden unit stays identical")
-def _zeros(layer: "nn.Linear") -> None:
-    from torch.nn import init
+def _zeros(layer: "nn.Linear", gain: float) -> None:
+    from torch.nn import init  # lazy, as in activations
 
     init.zeros_(layer.weight)
     init.zeros_(layer.bias)
 
 
-# name, torch.nn.init function, its arguments, help
-for _name, _function, _kwargs, _help in [
-    ("normal", "normal_", {}, "weights ~ N(0, 1), as torch.nn.init.normal_ (the lab's 'normal')"),
-    ("xavier_uniform", "xavier_uniform_", {}, "U(-a, a), a = sqrt(6 / (fan_in + fan_out))"),
-    ("xavier_normal", "xavier_normal_", {}, "N(0, std^2), std = sqrt(2 / (fan_in + fan_out))"),
-    ("he_uniform", "kaiming_uniform_", {"nonlinearity": "relu"}, "U(-a, a), a = sqrt(6 / fan_in) (Kaiming, ReLU gain)"),
-    ("he_normal", "kaiming_normal_", {"nonlinearity": "relu"}, "N(0, std^2), std = sqrt(2 / fan_in) (Kaiming, ReLU gain)"),
-]:
-    INITIALIZERS.register(_name, _help)(_weights(_function, **_kwargs))
+@INITIALIZERS.register("normal", "weights ~ N(0, 1), as torch.nn.init.normal_ (the lab's 'normal')")
+def _normal(layer: "nn.Linear", gain: float) -> None:
+    from torch.nn import init
+
+    init.normal_(layer.weight)
+
+
+@INITIALIZERS.register("xavier_uniform", "U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))", params=("init_gain",))
+def _xavier_uniform(layer: "nn.Linear", gain: float) -> None:
+    from torch.nn import init
+
+    init.xavier_uniform_(layer.weight, gain=gain)
+
+
+@INITIALIZERS.register("xavier_normal", "N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out))", params=("init_gain",))
+def _xavier_normal(layer: "nn.Linear", gain: float) -> None:
+    from torch.nn import init
+
+    init.xavier_normal_(layer.weight, gain=gain)
+
+
+@INITIALIZERS.register("he_uniform", "U(-a, a), a = gain * sqrt(3 / fan_in); ReLU: sqrt(6 / fan_in)", params=("init_gain",))
+def _he_uniform(layer: "nn.Linear", gain: float) -> None:
+    bound = math.sqrt(3.0) * gain / math.sqrt(layer.in_features)
+    layer.weight.data.uniform_(-bound, bound)
+
+
+@INITIALIZERS.register("he_normal", "N(0, std^2), std = gain / sqrt(fan_in); ReLU: sqrt(2 / fan_in)", params=("init_gain",))
+def _he_normal(layer: "nn.Linear", gain: float) -> None:
+    layer.weight.data.normal_(0.0, gain / math.sqrt(layer.in_features))
+
+
+@INITIALIZERS.register("rbm", "greedy layer-wise RBM pre-training (CD-k) of the hidden layers, then fine-tuning; "
+                              "settings in model.rbm", params=("rbm",))
+def _rbm(layer: "nn.Linear", gain: float) -> None:
+    layer.reset_parameters()  # placeholder until pre-training (engine) overwrites the hidden layers

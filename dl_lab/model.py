@@ -6,7 +6,7 @@ from torch import nn
 
 from dl_lab.activations import ACTIVATIONS
 from dl_lab.config import ModelConfig
-from dl_lab.initializers import INITIALIZERS
+from dl_lab.initializers import INITIALIZERS, layer_gain
 
 
 def build_mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequential:
@@ -30,10 +30,15 @@ def build_mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequen
     layers.append(nn.Linear(width, num_classes))
     model = nn.Sequential(*layers)
     initialize = INITIALIZERS[cfg.init].build
-    for layer in model.modules():
-        if isinstance(layer, nn.Linear):
-            initialize(layer)
+    linears = linear_layers(model)
+    for index, layer in enumerate(linears):
+        initialize(layer, layer_gain(cfg, output_layer=index == len(linears) - 1))
     return model
+
+
+def linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers from input to output."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 def has_batchnorm(model: nn.Module) -> bool:

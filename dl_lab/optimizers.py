@@ -3,7 +3,7 @@ non-default values for keys an optimizer would ignore (momentum on Adam, say).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from dl_lab.registry import Registry
 
@@ -15,36 +15,44 @@ if TYPE_CHECKING:
 OptimizerBuilder = Callable[[Iterable["torch.nn.Parameter"], "OptimizerConfig", "torch.device"], "torch.optim.Optimizer"]
 OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
 
-
-@OPTIMIZERS.register("sgd", "stochastic gradient descent, optional (Nesterov) momentum",
-                     params=("lr", "weight_decay", "momentum", "nesterov"))
-def _sgd(params, cfg, device):
-    import torch
-
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+# Config keys that map one-to-one onto torch.optim keyword arguments.
+_TORCH_NAMES = {"lr": "lr", "weight_decay": "weight_decay", "momentum": "momentum", "nesterov": "nesterov",
+                "betas": "betas", "eps": "eps", "alpha": "alpha", "centered": "centered", "lr_decay": "lr_decay"}
 
 
-@OPTIMIZERS.register("adam", "Adam (the lab's optimizer)", params=("lr", "weight_decay", "betas", "eps"))
-def _adam(params, cfg, device):
-    import torch
+def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
+    """Build torch.optim.<class_name> from the keys the registry entry says it reads."""
 
-    return _fused_if_supported(torch.optim.Adam, params, device, lr=cfg.lr, betas=tuple(cfg.betas),
-                               eps=cfg.eps, weight_decay=cfg.weight_decay)
+    def build(params: Iterable["torch.nn.Parameter"], cfg: "OptimizerConfig", device: "torch.device"):
+        import torch
 
-
-@OPTIMIZERS.register("adamw", "Adam with decoupled weight decay", params=("lr", "weight_decay", "betas", "eps"))
-def _adamw(params, cfg, device):
-    import torch
-
-    return _fused_if_supported(torch.optim.AdamW, params, device, lr=cfg.lr, betas=tuple(cfg.betas),
-                               eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def _fused_if_supported(cls, params, device, **kwargs):
-    """The fused kernel updates all parameters in one pass (CPU and CUDA); same maths, less overhead."""
-    params = list(params)
-    try:
-        return cls(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # device or torch build without a fused kernel
+        used = OPTIMIZERS[cfg.name].params
+        kwargs: dict[str, Any] = {}
+        for key in used:
+            value = getattr(cfg, key)
+            if value is not None:  # None: keep torch's own default (eps differs per optimizer)
+                kwargs[_TORCH_NAMES[key]] = tuple(value) if isinstance(value, (list, tuple)) else value
+        cls = getattr(torch.optim, class_name)
+        params = list(params)
+        if fused:
+            # The fused kernel updates all parameters in one pass (CPU and CUDA): same maths, less overhead.
+            try:
+                return cls(params, fused=True, **kwargs)
+            except (RuntimeError, TypeError):  # device or torch build without a fused kernel
+                pass
         return cls(params, **kwargs)
+
+    return build
+
+
+for _name, _class, _fused, _params, _help in [
+    ("sgd", "SGD", False, ("lr", "weight_decay", "momentum", "nesterov"),
+     "stochastic gradient descent, optional (Nesterov) momentum"),
+    ("adam", "Adam", True, ("lr", "weight_decay", "betas", "eps"), "Adam (the lab's optimizer)"),
+    ("adamw", "AdamW", True, ("lr", "weight_decay", "betas", "eps"), "Adam with decoupled weight decay"),
+    ("rmsprop", "RMSprop", False, ("lr", "weight_decay", "momentum", "alpha", "eps", "centered"),
+     "RMSprop: steps scaled by a running RMS of the gradients"),
+    ("adagrad", "Adagrad", False, ("lr", "weight_decay", "lr_decay", "eps"),
+     "Adagrad: per-parameter steps shrinking with accumulated squared gradients"),
+]:
+    OPTIMIZERS.register(_name, _help, params=_params)(_torch_optimizer(_class, _fused))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,6 +20,7 @@ class Entry(Generic[F]):
     build: F
     help: str
     params: frozenset[str] = field(default_factory=frozenset)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # facts other modules need (e.g. an activation's gain)
 
 
 class Registry(Generic[F]):
@@ -29,13 +30,13 @@ class Registry(Generic[F]):
         self.kind = kind
         self._entries: dict[str, Entry[F]] = {}
 
-    def register(self, name: str, help: str, params: tuple[str, ...] = ()) -> Callable[[F], F]:
+    def register(self, name: str, help: str, params: tuple[str, ...] = (), **meta: Any) -> Callable[[F], F]:
         """Decorator adding ``fn`` under ``name``; ``params`` lists the config keys it reads."""
 
         def add(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"duplicate {self.kind} {name!r}")
-            self._entries[name] = Entry(name, fn, help, frozenset(params))
+            self._entries[name] = Entry(name, fn, help, frozenset(params), dict(meta))
             return fn
 
         return add

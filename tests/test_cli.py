@@ -61,7 +61,8 @@ def test_config_show_prints_the_resolved_config(runner, fast_config):
     shown = yaml.safe_load(result.stdout)
     assert shown["model"]["activation"] == "tanh" and shown["train"]["epochs"] == 2
     assert shown["optimizer"] == {"name": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.0,
-                                  "nesterov": False, "betas": [0.9, 0.999], "eps": 1e-08}
+                                  "nesterov": False, "betas": [0.9, 0.999], "eps": None, "alpha": 0.99,
+                                  "centered": False, "lr_decay": 0.0}
 
 
 def test_options_lists_every_registry(runner):
