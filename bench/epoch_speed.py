@@ -67,18 +67,13 @@ def classic(root: str, device: torch.device, epochs: int) -> list[float]:
 def dllab(root: str, device: torch.device, epochs: int) -> list[float]:
     from dl_lab.config import ExperimentConfig
     from dl_lab.data import DataRoot, load_dataset
-    from dl_lab.engine import train
+    from dl_lab.engine import Observer, train
 
     config = ExperimentConfig.model_validate({
         "name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}})
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
 
-    class Quiet:
-        def run_started(self, *a): ...
-        def step_done(self, *a): ...
-        def epoch_done(self, *a): ...
-
-    result = train(config, data, device, Quiet())
+    result = train(config, data, device, Observer())
     print(f"  dllab:   last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
     return [m.seconds for m in result.history]
 

@@ -18,6 +18,7 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
+from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
 
 Status = Literal["completed", "failed", "interrupted"]
 EVAL_BATCH_SIZE = 10_000  # evaluation needs no gradients, so big batches are cheap and fast
@@ -31,8 +32,10 @@ class EpochMetrics:
     test_loss: float  # eval mode, whole test split
     test_acc: float
     seconds: float  # wall time of the epoch: training and evaluation
+    train_eval_loss: float | None = None  # train.eval_train: the training split in eval mode
+    train_eval_acc: float | None = None
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
@@ -67,25 +70,35 @@ class TrainResult:
     plan: BatchPlan
     parameters: int
     error: str | None = None  # traceback text for failed runs
+    pretraining: tuple[PretrainEpoch, ...] = ()
 
     @property
     def final(self) -> EpochMetrics | None:
         return self.history[-1] if self.history else None
 
 
-class Observer(Protocol):
-    """What the engine reports while it trains (progress bars, run recorders)."""
+class Observer:
+    """What the engine reports while it trains (progress bars, run recorders). Methods do nothing
+    by default; subclasses override what they need."""
 
-    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None: ...
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
+        pass
+
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        pass
 
     def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
         """``loss_sum`` is a device tensor; reading it syncs, so observers must throttle."""
 
-    def epoch_done(self, metrics: EpochMetrics) -> None: ...
+    def epoch_done(self, metrics: EpochMetrics) -> None:
+        pass
+
+    def run_finished(self, model: nn.Module, data: Dataset) -> None:
+        """The trained model, after the last epoch of a completed run (checks, extra evaluations)."""
 
 
 @dataclass
-class Observers:
+class Observers(Observer):
     """Fan-out to several observers."""
 
     members: Sequence[Observer] = field(default_factory=tuple)
@@ -93,6 +106,10 @@ class Observers:
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         for member in self.members:
             member.run_started(config, plan)
+
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        for member in self.members:
+            member.pretrain_epoch_done(record)
 
     def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
         for member in self.members:
@@ -102,14 +119,24 @@ class Observers:
         for member in self.members:
             member.epoch_done(metrics)
 
+    def run_finished(self, model: nn.Module, data: Dataset) -> None:
+        for member in self.members:
+            member.run_finished(model, data)
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed init and dropout (all devices) and return the generator that orders the data.
 
-    The order generator lives on the CPU so the same seed gives the same batches on every device.
+@dataclass(frozen=True)
+class Generators:
+    order: torch.Generator  # shuffles the training data each epoch
+    pretrain: torch.Generator  # shuffles pre-training batches, apart so data order is the same with or without
+
+
+def seed_everything(seed: int) -> Generators:
+    """Seed init, dropout and RBM sampling (all devices) and return the generators that order the data.
+
+    They live on the CPU so the same seed gives the same batches on every device.
     """
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return Generators(torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1))
 
 
 class Engine(Protocol):
@@ -135,32 +162,46 @@ class SequentialEngine:
 def train(config: ExperimentConfig, data: Dataset, device: torch.device, observer: Observer) -> TrainResult:
     """Train one model as ``config`` says and evaluate it after every epoch."""
     started = time.perf_counter()
-    order = seed_everything(config.seed)
+    generators = seed_everything(config.seed)
     model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
-    optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device)
     loss_fn = nn.CrossEntropyLoss()
     plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, has_batchnorm(model))
     observer.run_started(config, plan)
     history: list[EpochMetrics] = []
+    pretraining: list[PretrainEpoch] = []
     status: Status = "completed"
     error = None
     try:
+        if config.model.init == "rbm":
+            def pretrain_epoch_done(record: PretrainEpoch) -> None:
+                pretraining.append(record)
+                observer.pretrain_epoch_done(record)
+
+            pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
+        optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device)
         for epoch in range(1, config.train.epochs + 1):
-            epoch_start = time.perf_counter()
-            train_sums = train_epoch(model, optimizer, loss_fn, data.train, plan, order, epoch, observer)
-            test_sums = evaluate(model, loss_fn, data.test)
-            # The epoch's single host sync: four numbers come back together.
-            train_loss, train_correct, test_loss, test_correct = torch.stack([*train_sums, *test_sums]).tolist()
-            metrics = EpochMetrics(epoch, train_loss / plan.samples, train_correct / plan.samples,
-                                   test_loss / len(data.test), test_correct / len(data.test),
-                                   time.perf_counter() - epoch_start)
-            history.append(metrics)
-            observer.epoch_done(metrics)
+            start = time.perf_counter()
+            sums = [*train_epoch(model, optimizer, loss_fn, data.train, plan, generators.order, epoch, observer),
+                    *evaluate(model, loss_fn, data.test)]
+            if config.train.eval_train:
+                sums += evaluate(model, loss_fn, data.train)
+            history.append(epoch_metrics(epoch, sums, plan, data, start))
+            observer.epoch_done(history[-1])
+        observer.run_finished(model, data)
     except KeyboardInterrupt:
         status = "interrupted"
     except Exception:  # recorded in the run; the CLI reports it and exits non-zero
         status, error = "failed", traceback.format_exc()
-    return TrainResult(status, tuple(history), time.perf_counter() - started, plan, parameter_count(model), error)
+    return TrainResult(status, tuple(history), time.perf_counter() - started, plan, parameter_count(model), error,
+                       tuple(pretraining))
+
+
+def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: Dataset, start: float) -> EpochMetrics:
+    """Turn the epoch's device sums into means. This is the epoch's single host sync."""
+    values = torch.stack(sums).tolist()
+    train_eval = [values[4] / len(data.train), values[5] / len(data.train)] if len(values) > 4 else []
+    return EpochMetrics(epoch, values[0] / plan.samples, values[1] / plan.samples, values[2] / len(data.test),
+                        values[3] / len(data.test), time.perf_counter() - start, *train_eval)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,

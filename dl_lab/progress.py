@@ -9,62 +9,81 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dl_lab.config import ExperimentConfig
-from dl_lab.engine import BatchPlan, EpochMetrics
+from dl_lab.engine import BatchPlan, EpochMetrics, Observer
+from dl_lab.pretraining import PretrainEpoch
 
 REFRESH_SECONDS = 0.2  # the running loss is read from the device at most this often
 
 
 def epoch_line(metrics: EpochMetrics, epochs: int) -> str:
     width = len(str(epochs))
-    return (f"epoch {metrics.epoch:>{width}}/{epochs}  train_loss {metrics.train_loss:.4f}  "
+    line = (f"epoch {metrics.epoch:>{width}}/{epochs}  train_loss {metrics.train_loss:.4f}  "
             f"train_acc {metrics.train_acc:.4f}  test_loss {metrics.test_loss:.4f}  "
-            f"test_acc {metrics.test_acc:.4f}  {metrics.seconds:.2f}s")
+            f"test_acc {metrics.test_acc:.4f}")
+    if metrics.train_eval_acc is not None:
+        line += f"  train_eval_acc {metrics.train_eval_acc:.4f}"
+    return f"{line}  {metrics.seconds:.2f}s"
 
 
-def start_line(config: ExperimentConfig, plan: BatchPlan, device: str) -> str:
-    return (f"training {config.name}: {config.train.epochs} epochs x {plan.steps} steps "
-            f"(batch {plan.batch_size}) on {device}")
+class LineProgress(Observer):
+    """One line when the run starts, per pre-training epoch and per epoch; subclasses say where."""
 
+    def __init__(self, device: str) -> None:
+        self.device, self.epochs, self.rbm_epochs = device, 0, 0
 
-class PlainProgress:
-    """One line when the run starts and one per epoch; no control codes."""
-
-    def __init__(self, stream: IO[str], device: str) -> None:
-        self.stream, self.device, self.epochs = stream, device, 0
+    def emit(self, line: str) -> None:
+        raise NotImplementedError
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
-        self.epochs = config.train.epochs
-        print(start_line(config, plan, self.device), file=self.stream, flush=True)
+        self.epochs, self.rbm_epochs = config.train.epochs, config.model.rbm.epochs
+        self.emit(f"training {config.name}: {config.train.epochs} epochs x {plan.steps} steps "
+                  f"(batch {plan.batch_size}) on {self.device}")
 
-    def step_done(self, epoch: int, step: int, loss_sum: Any, samples: int) -> None:
-        pass
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        self.emit(f"rbm layer {record.layer} epoch {record.epoch}/{self.rbm_epochs}  "
+                  f"reconstruction_error {record.reconstruction_error:.5f}  {record.seconds:.2f}s")
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
-        print(epoch_line(metrics, self.epochs), file=self.stream, flush=True)
+        self.emit(epoch_line(metrics, self.epochs))
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> "LineProgress":
         return self
 
     def __exit__(self, *exc: object) -> None:
         pass
 
 
-class TerminalProgress:
+class PlainProgress(LineProgress):
+    """Plain lines, no control codes."""
+
+    def __init__(self, stream: IO[str], device: str) -> None:
+        super().__init__(device)
+        self.stream = stream
+
+    def emit(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+class TerminalProgress(LineProgress):
     """Epoch and batch bars with the running loss; finished epochs scroll above the bars."""
 
     def __init__(self, console: Console, device: str) -> None:
-        self.console, self.device = console, device
+        super().__init__(device)
+        self.console = console
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=True,
         )
-        self.epochs = self.steps = 0
+        self.steps = 0
         self._last_refresh = 0.0
 
+    def emit(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False)
+
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
-        self.epochs, self.steps = config.train.epochs, plan.steps
-        self.console.print(start_line(config, plan, self.device), highlight=False)
+        super().run_started(config, plan)
+        self.steps = plan.steps
         self.epoch_task = self.progress.add_task("epochs ", total=self.epochs, info="")
         self.batch_task = self.progress.add_task("batches", total=self.steps, info="")
 
@@ -77,7 +96,7 @@ class TerminalProgress:
         self.progress.update(self.batch_task, completed=step, info=f"loss {running:.4f}")
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
-        self.console.print(epoch_line(metrics, self.epochs), highlight=False)
+        super().epoch_done(metrics)
         self.progress.update(self.epoch_task, completed=metrics.epoch, info=f"test_acc {metrics.test_acc:.4f}")
         self.progress.reset(self.batch_task, total=self.steps, info="")
 
@@ -89,5 +108,5 @@ class TerminalProgress:
         self.progress.stop()
 
 
-def progress_for(console: Console, stream: IO[str], device: str) -> PlainProgress | TerminalProgress:
+def progress_for(console: Console, stream: IO[str], device: str) -> LineProgress:
     return TerminalProgress(console, device) if console.is_terminal else PlainProgress(stream, device)

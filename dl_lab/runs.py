@@ -17,14 +17,17 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from dl_lab.config import ExperimentConfig
-from dl_lab.engine import FINAL_KEYS, BatchPlan, EpochMetrics, TrainResult
+from dl_lab.engine import FINAL_KEYS, BatchPlan, EpochMetrics, Observer, TrainResult
+from dl_lab.pretraining import PretrainEpoch
 
-METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
+OPTIONAL_COLUMNS = ["train_eval_loss", "train_eval_acc"]  # only with train.eval_train
+METRIC_COLUMNS = [f.name for f in fields(EpochMetrics) if f.name not in OPTIONAL_COLUMNS]
+PRETRAIN_COLUMNS = [f.name for f in fields(PretrainEpoch)]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -54,12 +57,16 @@ def create_run_dir(runs_root: Path, name: str) -> Path:
     raise RuntimeError(f"could not create a run folder under {runs_root}")
 
 
-def metrics_csv(history: list[EpochMetrics] | tuple[EpochMetrics, ...]) -> str:
+def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) -> str:
+    return _csv(METRIC_COLUMNS + (OPTIONAL_COLUMNS if with_train_eval else []), [m.as_dict() for m in history])
+
+
+def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for metrics in history:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.as_dict().items()})
+    for row in rows:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -68,7 +75,7 @@ def dump_json(data: Any) -> str:
 
 
 @dataclass
-class RunRecorder:
+class RunRecorder(Observer):
     """Engine observer that keeps a run folder current: metrics after every epoch, summary at the end."""
 
     folder: Path
@@ -77,30 +84,36 @@ class RunRecorder:
 
     def __post_init__(self) -> None:
         self.history: list[EpochMetrics] = []
+        self.pretraining: list[PretrainEpoch] = []
         self.plan: BatchPlan | None = None
         self.started_at = _now()
         self._started = time.perf_counter()
         write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
         write_atomic(self.folder / "env.json", dump_json(self.env))
-        write_atomic(self.folder / "metrics.csv", metrics_csv([]))
+        self._write_metrics()
         self._write_summary("running")
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         self.plan = plan
 
-    def step_done(self, epoch: int, step: int, loss_sum: Any, samples: int) -> None:
-        pass
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        self.pretraining.append(record)
+        write_atomic(self.folder / "pretrain_metrics.csv", _csv(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining]))
+        self._write_summary("running")
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
-        write_atomic(self.folder / "metrics.csv", metrics_csv(self.history))
+        self._write_metrics()
         self._write_summary("running")
 
     def finish(self, result: TrainResult) -> dict[str, Any]:
         """Write the final summary from the engine's result and return it."""
         self.history = list(result.history)
-        write_atomic(self.folder / "metrics.csv", metrics_csv(self.history))
+        self._write_metrics()
         return self._write_summary(result.status, result)
+
+    def _write_metrics(self) -> None:
+        write_atomic(self.folder / "metrics.csv", metrics_csv(self.history, self.config.train.eval_train))
 
     def interrupted(self) -> dict[str, Any]:
         """For an interrupt that arrived outside the engine (e.g. while writing)."""
@@ -130,6 +143,15 @@ class RunRecorder:
             "run_dir": str(self.folder),
             "error": (result.error.strip().splitlines()[-1] if result and result.error else None),
         }
+        if self.pretraining:
+            layers = sorted({r.layer for r in self.pretraining})
+            summary["pretraining"] = {
+                "method": "rbm",
+                # reconstruction_error[i][j]: hidden layer i+1 after pre-training epoch j+1
+                "reconstruction_error": [[round(r.reconstruction_error, 6) for r in self.pretraining if r.layer == layer]
+                                         for layer in layers],
+                "seconds": round(sum(r.seconds for r in self.pretraining), 3),
+            }
         write_atomic(self.folder / "summary.json", dump_json(summary))
         if result and result.error:
             write_atomic(self.folder / "error.txt", result.error)

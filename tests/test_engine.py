@@ -7,7 +7,7 @@ import torch
 
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import DataRoot, load_dataset
-from dl_lab.engine import BatchPlan, Observers, SequentialEngine, evaluate, train
+from dl_lab.engine import BatchPlan, Observer, Observers, SequentialEngine, evaluate, train
 from dl_lab.model import build_mlp
 
 CPU = torch.device("cpu")
@@ -25,10 +25,7 @@ def dataset(config: ExperimentConfig):
     return load_dataset(config.data, DataRoot(__import__("pathlib").Path("/nonexistent"), "test"), CPU)
 
 
-class Quiet:
-    def run_started(self, config, plan): ...
-    def step_done(self, epoch, step, loss_sum, samples): ...
-    def epoch_done(self, metrics): ...
+Quiet = Observer
 
 
 @pytest.mark.parametrize("n, batch, drop_last, batchnorm, steps, samples, dropped", [
@@ -122,3 +119,32 @@ def test_cuda_training_matches_the_data_order_and_learns():
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), torch.device("cuda"))
     result = train(config, data, torch.device("cuda"), Quiet())
     assert result.status == "completed" and result.final.test_acc > 0.8
+
+
+class FinalEvaluation(Observer):
+    """Re-evaluates the trained model, in eval mode, after the run."""
+
+    def run_finished(self, model, data):
+        self.was_training = model.training
+        loss_sum, correct = evaluate(model, torch.nn.CrossEntropyLoss(), data.test)
+        self.test = (loss_sum.item() / len(data.test), correct.item() / len(data.test))
+
+
+def test_reported_test_metrics_are_the_eval_mode_numbers_of_the_trained_model():
+    config = make_config(model={"dropout": 0.5, "batchnorm": True})
+    final = FinalEvaluation()
+    result = train(config, dataset(config), CPU, final)
+    assert final.was_training  # the trainer switched back to train mode after evaluating
+    assert final.test == (pytest.approx(result.final.test_loss, rel=1e-5), result.final.test_acc)
+
+
+def test_eval_train_adds_an_eval_mode_pass_over_the_training_split():
+    config = make_config(model={"dropout": 0.5}, train={"epochs": 2, "eval_train": True})
+    result = train(config, dataset(config), CPU, Observer())
+    for metrics in result.history:
+        assert metrics.train_eval_loss is not None and 0 < metrics.train_eval_acc <= 1
+        # Dropout is off in eval mode, so the eval pass scores the training data better than the noisy training pass.
+        assert metrics.train_eval_loss < metrics.train_loss
+    plain = train(make_config(model={"dropout": 0.5}), dataset(config), CPU, Observer())
+    assert plain.final.train_eval_loss is None
+    assert [m.test_acc for m in plain.history] == [m.test_acc for m in result.history]  # same training either way

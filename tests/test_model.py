@@ -52,7 +52,9 @@ def test_zero_init_makes_hidden_units_identical():
 
 
 @pytest.mark.parametrize("name, options", [
-    ("sgd", {"momentum": 0.9, "nesterov": True}), ("sgd", {}), ("adam", {"betas": (0.8, 0.99)}), ("adamw", {"weight_decay": 0.01}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}), ("sgd", {}), ("adam", {"betas": (0.8, 0.99)}),
+    ("adamw", {"weight_decay": 0.01, "eps": 1e-6}), ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
+    ("adagrad", {"lr_decay": 0.01}),
 ])
 def test_optimizers_build_with_their_hyper_parameters_and_take_a_step(name, options):
     model = nn.Linear(3, 2)
