@@ -16,7 +16,7 @@ import typer
 
 from dl_lab.errors import UserError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
 
 app = typer.Typer(
@@ -85,6 +85,140 @@ def _result_text(summary: dict) -> str:
     numbers = (f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  " if final else "")
     return (f"{summary['status']}: {summary['name']}  {numbers}{summary['epochs']}/{summary['epochs_planned']} epochs "
             f"in {summary['seconds']:.1f}s on {summary['device']}\nrun folder: {summary['run_dir']}")
+
+
+ExpectOption = Annotated[Optional[List[str]], typer.Option(
+    "--expect", metavar="EXPR",
+    help="Check a result, e.g. 'relu > sigmoid' (test_acc) or 'relu.test_loss < sigmoid.test_loss'. Repeatable.")]
+AlphaOption = Annotated[Optional[float], typer.Option(
+    "--alpha", help="Also demand significance: a paired t-test p-value below ALPHA for every --expect.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")]
+
+
+@app.command()
+def compare(
+    names: Annotated[Optional[List[str]], typer.Argument(
+        help="Configs to compare: configs/NAME.yaml, a preset (e.g. lab09/xavier) or a path. The first is the baseline.")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per variant (default 3); seed i is shared by all variants.")] = None,
+    set_: SetOption = None,
+    vary: Annotated[Optional[List[str]], typer.Option(
+        "--vary", metavar="KEY=V1,V2", help="Expand into one variant per value; several --vary make a grid.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N for every variant.")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the comparison folder is created.")] = Path("runs"),
+    json_: JsonOption = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest.")] = None,
+    expect: ExpectOption = None,
+    alpha: AlphaOption = None,
+) -> None:
+    """Train several variants over matched seeds; write tables (Markdown, CSV, JSON) and plots.
+
+    Exit codes: 0 all expectations hold, 1 an expectation fails, 2 bad input (before training),
+    3 a run failed, 130 interrupted (finish it with --resume).
+    """
+    from rich.console import Console
+
+    from dl_lab.compare import create_compare_dir, finished_runs, load_plan, plan_comparison
+    from dl_lab.errors import ConfigError
+    from dl_lab.experiment import load_data_for, run_compare
+    from dl_lab.progress import progress_for
+    from dl_lab.report import load_compare, parse_expectation, write_report
+
+    with user_errors():
+        if resume is not None:
+            if names or set_ or vary or device or seeds is not None:
+                raise ConfigError("--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
+                                  "--device or --seeds with it")
+            plan = load_plan(resume)
+        else:
+            overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
+            plan = plan_comparison(names or [], overrides, vary or [], 3 if seeds is None else seeds)
+        expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
+        if alpha is not None and not 0 < alpha < 1:
+            raise ConfigError(f"--alpha: must be between 0 and 1 (got {alpha})")
+        data = load_data_for([run.config for run in plan.runs()], os.environ)
+        folder = resume if resume is not None else create_compare_dir(
+            runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device})
+    todo = len(plan.runs()) - len(finished_runs(folder, plan)[0])
+    devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+    err = Console(stderr=True)
+    with progress_for(err, sys.stderr, devices, total_runs=todo) as progress:
+        trained = run_compare(folder, plan, data, progress)
+    _, results = load_compare(folder)
+    statuses = {summary["status"] for summary in trained}
+    complete = all(len(result.runs) == len(plan.seeds) for result in results)
+    status = "completed" if complete else "interrupted" if "interrupted" in statuses else "failed"
+    summary = write_report(folder, results, plan.seeds, expectations, alpha, status)
+    _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - todo)
+    if status == "interrupted":
+        typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if status == "failed":
+        failed = [s["run_dir"] for s in trained if s["status"] != "completed"]
+        typer.echo(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(EXIT_RUN_FAILED)
+    raise typer.Exit(EXIT_OK if all(e["holds"] for e in summary["expectations"]) else EXIT_FAILED)
+
+
+@app.command()
+def report(
+    folders: Annotated[List[Path], typer.Argument(help="A compare folder, or train run folders (or folders of them).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the compare folder, "
+                                                              "else runs/report-<time>).")] = None,
+    json_: JsonOption = False,
+    expect: ExpectOption = None,
+    alpha: AlphaOption = None,
+) -> None:
+    """Rebuild tables and plots from existing runs, without training."""
+    from datetime import datetime, timezone
+
+    from dl_lab.compare import PLAN_FILE
+    from dl_lab.errors import ConfigError
+    from dl_lab.report import load_compare, load_loose_runs, parse_expectation, write_report
+
+    with user_errors():
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise ConfigError(f"report: no such folder: {', '.join(missing)}")
+        if len(folders) == 1 and (folders[0] / PLAN_FILE).is_file():
+            plan, results = load_compare(folders[0])
+            seeds, target = plan.seeds, out or folders[0]
+        else:
+            results = load_loose_runs(folders)
+            seeds = sorted({seed for result in results for seed in result.seeds})
+            target = out or Path("runs") / f"report-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+        if not any(result.runs for result in results):
+            raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}")
+        expectations = [parse_expectation(text, [r.label for r in results]) for text in expect or []]
+    complete = all(len(result.runs) == len(seeds) for result in results)
+    summary = write_report(target, results, seeds, expectations, alpha, "completed" if complete else "incomplete")
+    _render_comparison(summary, target, json_)
+    raise typer.Exit(EXIT_OK if all(e["holds"] for e in summary["expectations"]) else EXIT_FAILED)
+
+
+def _render_comparison(summary: dict, folder: Path, json_: bool, trained_now: int | None = None, kept: int = 0) -> None:
+    """The comparison table as a rich table (plain text off a terminal), or summary.json with --json."""
+    if json_:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from dl_lab.report import TABLE_HEADER, display_cells, table_rows_from_summary
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=220, no_color=True, highlight=False)
+    table = Table(*TABLE_HEADER, title=f"seeds {', '.join(map(str, summary['seeds']))}")
+    for row in table_rows_from_summary(summary):
+        table.add_row(*display_cells(row))
+    console.print(table)
+    for check in summary["expectations"]:
+        console.print(f"expect {check['expectation']}: {'holds' if check['holds'] else 'FAILS'} ({check['detail']})",
+                      markup=False)
+    if trained_now is not None:
+        console.print(f"{trained_now} run(s) trained, {kept} kept from before", markup=False)
+    console.print(f"{summary['status']}: tables and plots in {folder}", markup=False)
 
 
 @config_app.command("show")

@@ -5,6 +5,8 @@ Field descriptions say what is allowed; error messages and `dllab options` quote
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -165,3 +167,8 @@ class ExperimentConfig(Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready form: what `config show` prints and runs record."""
         return self.model_dump(mode="json")
+
+    def experiment_hash(self) -> str:
+        """Identifies what is trained, ignoring the run's name and seed (used to match runs on resume)."""
+        body = {k: v for k, v in self.to_dict().items() if k not in ("name", "seed")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -96,6 +96,9 @@ class Observer:
     def run_finished(self, model: nn.Module, data: Dataset) -> None:
         """The trained model, after the last epoch of a completed run (checks, extra evaluations)."""
 
+    def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
+        """A run ended (completed, failed or interrupted); called by engines after each run."""
+
 
 @dataclass
 class Observers(Observer):
@@ -122,6 +125,10 @@ class Observers(Observer):
     def run_finished(self, model: nn.Module, data: Dataset) -> None:
         for member in self.members:
             member.run_finished(model, data)
+
+    def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
+        for member in self.members:
+            member.run_done(config, result)
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class SequentialEngine:
         results = []
         for config in configs:
             results.append(train(config, data, device, observer))
+            observer.run_done(config, results[-1])
             if results[-1].status == "interrupted":
                 break
         return results

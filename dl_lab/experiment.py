@@ -1,19 +1,23 @@
-"""From a config name to a finished run folder: the steps `dllab train` (and later `compare`) share."""
+"""From configs to finished run folders: the steps `dllab train` and `dllab compare` take."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
+from dl_lab.compare import ComparePlan, finished_runs, remove_stale
+from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import LoadedConfig, load_config
 from dl_lab.data import Dataset, load_dataset, resolve_data_root
 from dl_lab.device import resolve_device
-from dl_lab.engine import Observer, Observers, SequentialEngine
+from dl_lab.engine import BatchPlan, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult
 from dl_lab.environment import environment
 from dl_lab.errors import UserError
+from dl_lab.pretraining import PretrainEpoch
 from dl_lab.runs import RunRecorder, create_run_dir
 
 
@@ -38,6 +42,69 @@ def prepare(source: str, overrides: Iterable[str], environ: Mapping[str, str]) -
             raise
         raise type(exc)(f"{loaded.where(exc.key)}: {exc}") from None
     return Prepared(loaded, device, data)
+
+
+def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str]) -> dict[str, tuple[torch.device, Dataset]]:
+    """Resolve the device and load the dataset once per distinct (device, data) setting."""
+    loaded: dict[str, tuple[torch.device, Dataset]] = {}
+    for config in configs:
+        key = data_key(config)
+        if key not in loaded:
+            try:
+                device = resolve_device(config.device)
+                loaded[key] = (device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device))
+            except UserError as exc:
+                raise type(exc)(f"variant {config.name}: {exc.key + ': ' if exc.key else ''}{exc}") from None
+    return loaded
+
+
+def data_key(config: ExperimentConfig) -> str:
+    """Runs with equal keys share one loaded dataset."""
+    return json.dumps([config.device, config.data.model_dump(mode="json")], sort_keys=True)
+
+
+class CompareRecorder(Observer):
+    """Gives every run of a comparison its own run folder inside the comparison folder."""
+
+    def __init__(self, folder: Path, env: dict) -> None:
+        self.folder, self.env = folder, env
+        self.current: RunRecorder | None = None
+        self.summaries: list[dict] = []
+
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
+        run_folder = create_run_dir(self.folder, f"{config.name}-seed{config.seed}", timestamp=False)
+        self.current = RunRecorder(run_folder, config, self.env)
+        self.current.run_started(config, plan)
+
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        self.current.pretrain_epoch_done(record)
+
+    def epoch_done(self, metrics: EpochMetrics) -> None:
+        self.current.epoch_done(metrics)
+
+    def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
+        self.summaries.append(self.current.finish(result))
+
+
+def run_compare(folder: Path, plan: ComparePlan, data: dict[str, tuple[torch.device, Dataset]],
+                progress: Observer) -> list[dict]:
+    """Train the planned runs not yet completed in ``folder``; returns the summaries of runs trained now.
+
+    Stops at the first interrupted run. Completed runs from an earlier attempt are kept (resume).
+    """
+    done, stale = finished_runs(folder, plan)
+    remove_stale(stale)
+    todo = [run.config for run in plan.runs() if (run.config.experiment_hash(), run.seed) not in done]
+    summaries: list[dict] = []
+    for key in dict.fromkeys(data_key(config) for config in todo):
+        device, dataset = data[key]
+        recorder = CompareRecorder(folder, environment(device, dataset.root))
+        group = [config for config in todo if data_key(config) == key]
+        results = SequentialEngine().run(group, dataset, device, Observers([recorder, progress]))
+        summaries += recorder.summaries
+        if any(result.status == "interrupted" for result in results):
+            break
+    return summaries
 
 
 def run_one(prepared: Prepared, runs_root: Path, progress: Observer) -> dict:

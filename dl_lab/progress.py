@@ -26,16 +26,23 @@ def epoch_line(metrics: EpochMetrics, epochs: int) -> str:
 
 
 class LineProgress(Observer):
-    """One line when the run starts, per pre-training epoch and per epoch; subclasses say where."""
+    """One line when a run starts, per pre-training epoch and per epoch; subclasses say where.
 
-    def __init__(self, device: str) -> None:
+    With ``total_runs`` (a comparison) every line is prefixed with the run's place, e.g. '[3/10] relu seed 778'.
+    """
+
+    def __init__(self, device: str, total_runs: int | None = None) -> None:
         self.device, self.epochs, self.rbm_epochs = device, 0, 0
+        self.total_runs, self.run_index, self.prefix = total_runs, 0, ""
 
     def emit(self, line: str) -> None:
         raise NotImplementedError
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         self.epochs, self.rbm_epochs = config.train.epochs, config.model.rbm.epochs
+        if self.total_runs:
+            self.run_index += 1
+            self.prefix = f"[{self.run_index}/{self.total_runs}] {config.name} seed {config.seed}: "
         self.emit(f"training {config.name}: {config.train.epochs} epochs x {plan.steps} steps "
                   f"(batch {plan.batch_size}) on {self.device}")
 
@@ -56,19 +63,22 @@ class LineProgress(Observer):
 class PlainProgress(LineProgress):
     """Plain lines, no control codes."""
 
-    def __init__(self, stream: IO[str], device: str) -> None:
-        super().__init__(device)
+    def __init__(self, stream: IO[str], device: str, total_runs: int | None = None) -> None:
+        super().__init__(device, total_runs)
         self.stream = stream
 
     def emit(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(self.prefix + line, file=self.stream, flush=True)
 
 
 class TerminalProgress(LineProgress):
-    """Epoch and batch bars with the running loss; finished epochs scroll above the bars."""
+    """Epoch and batch bars with the running loss; finished epochs scroll above the bars.
 
-    def __init__(self, console: Console, device: str) -> None:
-        super().__init__(device)
+    For a comparison a third bar counts finished runs, with the current variant and an ETA.
+    """
+
+    def __init__(self, console: Console, device: str, total_runs: int | None = None) -> None:
+        super().__init__(device, total_runs)
         self.console = console
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -79,13 +89,23 @@ class TerminalProgress(LineProgress):
         self._last_refresh = 0.0
 
     def emit(self, line: str) -> None:
-        self.console.print(line, highlight=False, markup=False)
+        self.console.print(self.prefix + line, highlight=False, markup=False)
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         super().run_started(config, plan)
         self.steps = plan.steps
+        if self.total_runs and self.run_index == 1:
+            self.runs_task = self.progress.add_task("runs   ", total=self.total_runs, info="")
+        if self.total_runs:
+            self.progress.update(self.runs_task, completed=self.run_index - 1, info=f"{config.name} seed {config.seed}")
+            for task in self.progress.task_ids[1:]:
+                self.progress.remove_task(task)
         self.epoch_task = self.progress.add_task("epochs ", total=self.epochs, info="")
         self.batch_task = self.progress.add_task("batches", total=self.steps, info="")
+
+    def run_done(self, config: ExperimentConfig, result) -> None:
+        if self.total_runs:
+            self.progress.update(self.runs_task, completed=self.run_index)
 
     def step_done(self, epoch: int, step: int, loss_sum: Any, samples: int) -> None:
         now = time.monotonic()
@@ -108,5 +128,7 @@ class TerminalProgress(LineProgress):
         self.progress.stop()
 
 
-def progress_for(console: Console, stream: IO[str], device: str) -> LineProgress:
-    return TerminalProgress(console, device) if console.is_terminal else PlainProgress(stream, device)
+def progress_for(console: Console, stream: IO[str], device: str, total_runs: int | None = None) -> LineProgress:
+    if console.is_terminal:
+        return TerminalProgress(console, device, total_runs)
+    return PlainProgress(stream, device, total_runs)

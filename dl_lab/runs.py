@@ -42,11 +42,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def create_run_dir(runs_root: Path, name: str) -> Path:
+def create_run_dir(runs_root: Path, name: str, timestamp: bool = True) -> Path:
     """runs/<UTC timestamp>-<name>[-N]; mkdir is atomic, so two runs never share a folder."""
     runs_root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") if timestamp else ""
+    base = f"{stamp}{safe_name(name)}"
     for attempt in range(1, 10_000):
         candidate = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
         try:
@@ -55,6 +55,11 @@ def create_run_dir(runs_root: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run folder under {runs_root}")
+
+
+def safe_name(name: str) -> str:
+    """A folder-name-safe form of a run or variant name."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "run"
 
 
 def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) -> str:
@@ -126,6 +131,7 @@ class RunRecorder(Observer):
             "name": self.config.name,
             "status": status,
             "seed": self.config.seed,
+            "config_hash": self.config.experiment_hash(),
             "device": self.env["device"],
             "device_name": self.env["device_name"],
             "dataset": self.config.data.dataset,

@@ -1,0 +1,121 @@
+"""Comparison plots as PNG files (matplotlib, headless). Inputs are the aggregated run records."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from dl_lab.report import VariantResult
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curve(result: VariantResult, column: str) -> tuple[list[int], list[float], list[float]]:
+    """Epochs and the mean and std of ``column`` over seeds (epochs every seed reached)."""
+    epochs = min(len(run.metrics) for run in result.runs)
+    means, stds = [], []
+    for index in range(epochs):
+        values = [run.metrics[index][column] for run in result.runs]
+        means.append(statistics.fmean(values))
+        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    return list(range(1, epochs + 1)), means, stds
+
+
+def _log_if_wide(axis, values: Sequence[float]) -> None:
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        axis.set_yscale("log")
+
+
+def _save(plt, figure, epoch_axes, path: Path) -> None:
+    """Integer epoch ticks, grid and legend on each axis, then write the PNG and free the figure."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in epoch_axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_curves(results: Sequence[VariantResult], path: Path) -> None:
+    """Test accuracy and test loss per epoch: mean line with a ±1 std band over seeds."""
+    plt = _pyplot()
+    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    losses: list[float] = []
+    for result in results:
+        if not result.runs:
+            continue
+        for axis, column in [(acc_axis, "test_acc"), (loss_axis, "test_loss")]:
+            epochs, mean, std = _curve(result, column)
+            line, = axis.plot(epochs, mean, marker="o", markersize=3, label=f"{result.label} (n={len(result.runs)})")
+            axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                              color=line.get_color(), alpha=0.2)
+            if column == "test_loss":
+                losses += mean
+    acc_axis.set(title="Test accuracy (mean ± std over seeds)", xlabel="epoch", ylabel="test accuracy")
+    loss_axis.set(title="Test loss (mean ± std over seeds)", xlabel="epoch", ylabel="test loss (cross-entropy)")
+    _log_if_wide(loss_axis, losses)
+    _save(plt, figure, [acc_axis, loss_axis], path)
+
+
+def plot_train_vs_test_loss(results: Sequence[VariantResult], path: Path) -> None:
+    """Training loss (dashed) against test loss (solid) per variant: the generalization gap."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    values: list[float] = []
+    for result in results:
+        if not result.runs:
+            continue
+        epochs, train, _ = _curve(result, "train_loss")
+        _, test, _ = _curve(result, "test_loss")
+        line, = axis.plot(epochs, test, marker="o", markersize=3, label=f"{result.label} test")
+        axis.plot(epochs, train, linestyle="--", color=line.get_color(), label=f"{result.label} train")
+        values += train + test
+    axis.set(title="Train vs test loss (mean over seeds)", xlabel="epoch", ylabel="loss (cross-entropy)")
+    _log_if_wide(axis, values)
+    _save(plt, figure, [axis], path)
+
+
+def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
+    """Final test accuracy of every seed (dots) and the mean (bar) per variant."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6, 1.3 * len(results) + 2), 4.5))
+    for index, result in enumerate(results):
+        finals = result.finals("test_acc")
+        if not finals:
+            continue
+        spread = [index + 0.08 * (k - (len(finals) - 1) / 2) for k in range(len(finals))]
+        axis.scatter(spread, finals, zorder=3, label="one seed" if index == 0 else None)
+        axis.hlines(statistics.fmean(finals), index - 0.3, index + 0.3, color="black", zorder=2,
+                    label="mean" if index == 0 else None)
+    axis.set_xticks(range(len(results)), [r.label for r in results], rotation=20, ha="right")
+    axis.set(title="Final test accuracy per seed", xlabel="variant", ylabel="final test accuracy")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+PLOTS = {"curves.png": plot_curves, "train_vs_test_loss.png": plot_train_vs_test_loss,
+         "final_accuracy.png": plot_final_accuracy}
+
+
+def write_plots(results: Sequence[VariantResult], folder: Path) -> list[Path]:
+    written = []
+    if any(result.runs for result in results):
+        for name, draw in PLOTS.items():
+            draw(results, folder / name)
+            written.append(folder / name)
+    return written

@@ -1,0 +1,282 @@
+"""Aggregate finished runs into comparison tables, expectation checks and summary.json.
+
+Works from files only (run folders), so `dllab report` can rebuild everything without training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import operator
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from dl_lab.compare import ComparePlan, changes_from, load_plan
+from dl_lab.config import ExperimentConfig
+from dl_lab.errors import ConfigError
+from dl_lab.stats import paired_test, summarize, verdict
+
+METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
+HIGHER_IS_BETTER = {"test_acc": True, "train_acc": True, "test_loss": False, "train_loss": False}
+OPERATORS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    seed: int
+    summary: dict[str, Any]
+    metrics: list[dict[str, float]]  # metrics.csv rows
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.summary["final"]
+
+
+@dataclass
+class VariantResult:
+    label: str
+    config: ExperimentConfig
+    runs: list[RunRecord] = field(default_factory=list)  # completed runs, by seed
+
+    def finals(self, metric: str, seeds: Sequence[int] | None = None) -> list[float]:
+        return [r.final[metric] for r in self.runs if seeds is None or r.seed in seeds]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+
+def read_run(folder: Path) -> RunRecord | None:
+    """A completed run folder, or None for anything else (running, failed, interrupted, unreadable)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        with (folder / "metrics.csv").open(newline="") as handle:
+            metrics = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != "completed" or not summary.get("final"):
+        return None
+    return RunRecord(int(summary["seed"]), summary, metrics)
+
+
+def load_compare(folder: Path) -> tuple[ComparePlan, list[VariantResult]]:
+    """Each planned variant with its completed runs, matched by config hash and seed."""
+    plan = load_plan(folder)
+    by_key = {}
+    for run_folder in sorted(p.parent for p in folder.glob("*/summary.json")):
+        record = read_run(run_folder)
+        if record:
+            by_key.setdefault((record.summary.get("config_hash"), record.seed), record)
+    results = []
+    for variant in plan.variants:
+        result = VariantResult(variant.label, variant.config)
+        for seed in plan.seeds:
+            record = by_key.get((variant.config.model_copy(update={"seed": seed}).experiment_hash(), seed))
+            if record:
+                result.runs.append(record)
+        results.append(result)
+    return plan, results
+
+
+def load_loose_runs(folders: Sequence[Path]) -> list[VariantResult]:
+    """Train runs grouped by (name, config hash); seeds are the replicates."""
+    groups: dict[tuple[str, str], VariantResult] = {}
+    for folder in folders:
+        candidates = [folder] if (folder / "summary.json").is_file() else sorted(p.parent for p in folder.glob("*/summary.json"))
+        for run_folder in candidates:
+            record = read_run(run_folder)
+            if record is None:
+                continue
+            config = ExperimentConfig.model_validate(_read_yaml(run_folder / "config.yaml"))
+            key = (config.name, record.summary.get("config_hash", config.experiment_hash()))
+            groups.setdefault(key, VariantResult(config.name, config)).runs.append(record)
+    labels = [name for name, _ in groups]
+    for (name, digest), result in groups.items():
+        if labels.count(name) > 1:
+            result.label = f"{name}#{digest[:6]}"
+        result.runs.sort(key=lambda r: r.seed)
+    return list(groups.values())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+# ---- table -------------------------------------------------------------------------------------
+
+def table_rows(results: Sequence[VariantResult], alpha: float = 0.05) -> list[dict[str, Any]]:
+    """One row per variant; the first variant is the baseline for differences and tests."""
+    baseline = results[0]
+    rows = []
+    for result in results:
+        acc = summarize(result.finals("test_acc")) if result.runs else None
+        loss = summarize(result.finals("test_loss")) if result.runs else None
+        shared = [s for s in result.seeds if s in baseline.seeds]
+        test = paired_test(result.finals("test_acc", shared), baseline.finals("test_acc", shared)) if shared else None
+        gaps = [_train_acc(r) - r.final["test_acc"] for r in result.runs]
+        rows.append({
+            "variant": result.label,
+            "changes": "baseline" if result is baseline else changes_from(baseline.config, result.config),
+            "seeds": len(result.runs),
+            "test_acc_mean": acc.mean if acc else None,
+            "test_acc_std": acc.std if acc else None,
+            "test_acc_ci95_low": acc.ci95[0] if acc and acc.ci95 else None,
+            "test_acc_ci95_high": acc.ci95[1] if acc and acc.ci95 else None,
+            "test_loss_mean": loss.mean if loss else None,
+            "test_loss_std": loss.std if loss else None,
+            "train_test_gap": sum(gaps) / len(gaps) if gaps else None,
+            "seconds_per_run": sum(r.summary["seconds"] for r in result.runs) / len(result.runs) if result.runs else None,
+            "diff_vs_baseline": None if result is baseline or test is None else test.mean_difference,
+            "p_value": None if result is baseline or test is None else test.p_value,
+            "verdict": "baseline" if result is baseline else (verdict(test, alpha) if test else "no matched seeds"),
+            "best": False,
+        })
+    scored = [row for row in rows if row["test_acc_mean"] is not None]
+    if scored:
+        max(scored, key=lambda row: row["test_acc_mean"])["best"] = True
+    return rows
+
+
+def _train_acc(record: RunRecord) -> float:
+    """Eval-mode train accuracy when the run measured it (train.eval_train), else the training-pass one."""
+    last = record.metrics[-1] if record.metrics else {}
+    return last.get("train_eval_acc", record.final["train_acc"])
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+TABLE_HEADER = ["variant", "changes", "seeds", "test_acc (mean ± std)", "95% CI", "test_loss", "train−test gap",
+                "s/run", "Δ test_acc vs baseline", "p (paired t)", "verdict"]
+
+
+def display_cells(row: dict[str, Any]) -> list[str]:
+    acc = f"{_fmt(row['test_acc_mean'])} ± {_fmt(row['test_acc_std'])}" if row["test_acc_std"] is not None else _fmt(row["test_acc_mean"])
+    ci = (f"[{_fmt(row['test_acc_ci95_low'])}, {_fmt(row['test_acc_ci95_high'])}]"
+          if row["test_acc_ci95_low"] is not None else "—")
+    diff = "—" if row["diff_vs_baseline"] is None else f"{100 * row['diff_vs_baseline']:+.2f} pts"
+    p = "—" if row["p_value"] is None else f"{row['p_value']:.3g}"
+    return [row["variant"] + (" ★" if row["best"] else ""), row["changes"], str(row["seeds"]), acc, ci,
+            _fmt(row["test_loss_mean"]), _fmt(row["train_test_gap"]), _fmt(row["seconds_per_run"], 1), diff, p,
+            row["verdict"]]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in display_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n★ best mean test accuracy. Differences and paired t-tests are against the first variant " \
+                              "(the baseline) over matched seeds.\n"
+
+
+def csv_table(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# ---- expectations ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expectation:
+    text: str
+    left: str
+    op: str
+    right: str
+    metric: str
+
+
+EXPECT_PATTERN = re.compile(r"^\s*(?P<left>.+?)\s*(?P<op>>=|<=|>|<)\s*(?P<right>.+?)\s*$")
+
+
+def parse_expectation(text: str, labels: Sequence[str]) -> Expectation:
+    """'relu > sigmoid' (test_acc) or 'relu.test_loss < sigmoid.test_loss'."""
+    match = EXPECT_PATTERN.match(text)
+    if not match:
+        raise ConfigError(f"--expect {text!r}: expected 'A > B' or 'A.metric < B.metric' with variants {', '.join(labels)}")
+    sides = []
+    for side in (match["left"], match["right"]):
+        name, _, metric = side.rpartition(".")
+        if side in labels:
+            sides.append((side, None))
+        elif name in labels and metric in METRICS:
+            sides.append((name, metric))
+        else:
+            raise ConfigError(f"--expect {text!r}: unknown variant or metric {side!r}; variants: {', '.join(labels)}; "
+                              f"metrics: {', '.join(METRICS)} (default test_acc)")
+    metrics = {m for _, m in sides if m}
+    if len(metrics) > 1:
+        raise ConfigError(f"--expect {text!r}: both sides must compare the same metric")
+    return Expectation(text.strip(), sides[0][0], match["op"], sides[1][0], metrics.pop() if metrics else "test_acc")
+
+
+def check_expectation(expectation: Expectation, results: Sequence[VariantResult], alpha: float | None) -> dict[str, Any]:
+    by_label = {r.label: r for r in results}
+    left, right = by_label[expectation.left], by_label[expectation.right]
+    if not left.runs or not right.runs:
+        return {"expectation": expectation.text, "holds": False, "detail": "no completed runs to compare"}
+    left_mean = sum(left.finals(expectation.metric)) / len(left.runs)
+    right_mean = sum(right.finals(expectation.metric)) / len(right.runs)
+    holds = OPERATORS[expectation.op](left_mean, right_mean)
+    shared = [s for s in left.seeds if s in right.seeds]
+    test = paired_test(left.finals(expectation.metric, shared), right.finals(expectation.metric, shared))
+    detail = f"{expectation.metric}: {left_mean:.4f} {expectation.op} {right_mean:.4f}"
+    if alpha is not None:
+        significant = test.p_value is not None and test.p_value < alpha
+        detail += f", p={'n/a' if test.p_value is None else f'{test.p_value:.3g}'} (alpha {alpha})"
+        holds = holds and significant
+    return {"expectation": expectation.text, "metric": expectation.metric, "holds": holds, "left": left_mean,
+            "right": right_mean, "p_value": test.p_value, "detail": detail}
+
+
+# ---- summary -----------------------------------------------------------------------------------
+
+def build_summary(results: Sequence[VariantResult], rows: Sequence[dict[str, Any]], seeds: Sequence[int],
+                  expectations: Sequence[dict[str, Any]], status: str, folder: Path) -> dict[str, Any]:
+    return {
+        "folder": str(folder),
+        "status": status,
+        "seeds": list(seeds),
+        "best": next((row["variant"] for row in rows if row["best"]), None),
+        "variants": [
+            {"label": result.label, "changes": row["changes"], "config": result.config.to_dict(),
+             "finals": {str(run.seed): run.final for run in result.runs},
+             "aggregates": {k: row[k] for k in row if k not in ("variant", "changes", "verdict", "best",
+                                                                  "diff_vs_baseline", "p_value")},
+             "vs_baseline": {"mean_difference": row["diff_vs_baseline"], "p_value": row["p_value"],
+                             "verdict": row["verdict"]}}
+            for result, row in zip(results, rows)
+        ],
+        "expectations": list(expectations),
+    }
+
+
+def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence[int],
+                 expectations: Sequence[Expectation], alpha: float | None, status: str) -> dict[str, Any]:
+    """table.md, table.csv, summary.json and the PNG plots in ``folder``; returns the summary."""
+    from dl_lab.plots import write_plots  # plots import this module's types
+    from dl_lab.runs import dump_json, write_atomic
+
+    rows = table_rows(results, alpha if alpha is not None else 0.05)
+    checks = [check_expectation(e, results, alpha) for e in expectations]
+    summary = build_summary(results, rows, seeds, checks, status, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "table.md", markdown_table(rows))
+    write_atomic(folder / "table.csv", csv_table(rows))
+    summary["plots"] = [p.name for p in write_plots(results, folder)]
+    write_atomic(folder / "summary.json", dump_json(summary))
+    return summary
+
+
+def table_rows_from_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rebuild the table rows that build_summary stored (for rendering without recomputing)."""
+    return [{"variant": v["label"], "changes": v["changes"], **v["aggregates"],
+             "diff_vs_baseline": v["vs_baseline"]["mean_difference"], "p_value": v["vs_baseline"]["p_value"],
+             "verdict": v["vs_baseline"]["verdict"], "best": v["label"] == summary["best"]} for v in summary["variants"]]

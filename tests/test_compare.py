@@ -1,0 +1,205 @@
+"""`dllab compare` and `dllab report`: variants, matched seeds, files, expectations, exit codes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import needs_mnist
+from dl_lab.cli import app
+from dl_lab.compare import changes_from, parse_vary, plan_comparison, split_values
+from dl_lab.config_loader import load_config
+from dl_lab.errors import ConfigError
+
+SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=1000",
+         "--set", "train.epochs=1"]
+
+
+def compare(runner, tmp_path, *args):
+    result = runner.invoke(app, ["compare", *args, "--runs-dir", str(tmp_path / "runs")])
+    folders = sorted((tmp_path / "runs").glob("compare-*")) if (tmp_path / "runs").exists() else []
+    return result, folders
+
+
+def test_vary_values_split_on_top_level_commas_only():
+    assert split_values("sigmoid, relu") == ["sigmoid", "relu"]
+    assert split_values("[256, 256],[64]") == ["[256, 256]", "[64]"]
+    assert parse_vary(["model.init=normal,xavier_uniform"]) == [("model.init", ["normal", "xavier_uniform"])]
+    for bad in ["model.init", "model.init=", "=a,b", "model.init=a,,b"]:
+        with pytest.raises(ConfigError, match="--vary"):
+            parse_vary([bad])
+
+
+def test_a_vary_grid_expands_into_labelled_variants_with_matched_seeds():
+    plan = plan_comparison(["relu"], ["seed=5"], ["model.activation=sigmoid,tanh,relu",
+                                                  "model.init=normal,xavier_uniform"], seeds=3)
+    assert [v.label for v in plan.variants] == [
+        "activation=sigmoid,init=normal", "activation=sigmoid,init=xavier_uniform",
+        "activation=tanh,init=normal", "activation=tanh,init=xavier_uniform",
+        "activation=relu,init=normal", "activation=relu,init=xavier_uniform"]
+    assert plan.seeds == (5, 6, 7)
+    runs = plan.runs()
+    assert len(runs) == 18 and [r.seed for r in runs[:6]] == [5] * 6  # seed-major, every variant per seed
+    assert runs[1].config.model.init == "xavier_uniform" and runs[1].config.seed == 5
+
+
+def test_plan_refuses_duplicates_and_bad_seed_counts():
+    with pytest.raises(ConfigError, match="appears twice"):
+        plan_comparison(["relu", "relu"], [], [], 2)
+    with pytest.raises(ConfigError, match="--seeds"):
+        plan_comparison(["relu"], [], [], 0)
+    with pytest.raises(ConfigError, match="at least one config"):
+        plan_comparison([], [], [], 2)
+
+
+def test_changes_name_only_the_keys_that_differ():
+    base = load_config("relu").config
+    other = load_config("relu", ["model.activation=sigmoid", "optimizer.lr=0.01", "seed=3"]).config
+    assert changes_from(base, other) == "activation=sigmoid, lr=0.01"
+    assert changes_from(base, base) == "—"
+
+
+def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runner, tmp_path):
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH,
+                               "--set", "data.train_subset=6000", "--set", "train.epochs=2",
+                               "--expect", "relu > sigmoid", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((folder / "summary.json").read_text())
+    assert {"table.md", "table.csv", "summary.json", "plan.json"} <= {p.name for p in folder.iterdir()}
+    assert len(list(folder.glob("*.png"))) >= 2
+    relu, sigmoid = summary["variants"]
+    assert (relu["label"], sigmoid["label"]) == ("relu", "sigmoid")
+    assert list(relu["finals"]) == list(sigmoid["finals"]) == ["777", "778"]  # matched seeds
+    assert sigmoid["changes"] == "activation=sigmoid"
+    assert relu["aggregates"]["test_acc_mean"] > sigmoid["aggregates"]["test_acc_mean"]
+    assert summary["best"] == "relu"
+    assert summary["expectations"][0]["holds"] is True
+    table = (folder / "table.md").read_text()
+    assert "relu ★" in table and "activation=sigmoid" in table and "p (paired t)" in table
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "relu-seed777", "relu-seed778", "sigmoid-seed777", "sigmoid-seed778"]
+
+    # A failing expectation exits 1, also on --resume of the finished folder, which trains nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
+    resumed = runner.invoke(app, ["compare", "--resume", str(folder), "--expect", "sigmoid > relu"])
+    assert resumed.exit_code == 1, resumed.output
+    assert "FAILS" in resumed.stdout and "0 run(s) trained, 4 kept" in resumed.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
+    assert runner.invoke(app, ["compare", "--resume", str(folder), "--expect", "relu.test_loss < sigmoid.test_loss"]
+                         ).exit_code in (0, 1)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["relu", "sigmoid", "--expect", "relu > tanh"], "unknown variant or metric 'tanh'"),
+    (["relu", "sigmoid", "--expect", "relu >> sigmoid"], "unknown variant"),
+    (["relu", "sigmoid", "--expect", "relu.test_acc > sigmoid.test_loss"], "same metric"),
+    (["relu", "sigmoid", "--alpha", "2"], "--alpha"),
+    (["relu", "--vary", "model.activation"], "--vary"),
+    (["relu", "--set", "model.dropout=2"], "model.dropout"),
+    (["nosuchconfig"], "no such config file"),
+])
+def test_bad_compare_input_exits_2_before_training(runner, tmp_path, args, words):
+    result, folders = compare(runner, tmp_path, *args, *SYNTH)
+    assert result.exit_code == 2, result.output
+    assert words in result.stderr and "Traceback" not in result.output
+    assert folders == []
+
+
+def test_a_3x2_grid_runs_six_variants(runner, tmp_path):
+    result, [folder] = compare(runner, tmp_path, "relu", "--seeds", "1", *SYNTH, "--set", "model.hidden=[32]",
+                               "--vary", "model.activation=sigmoid,tanh,relu",
+                               "--vary", "model.init=normal,xavier_uniform", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert len(summary["variants"]) == 6 and len([p for p in folder.iterdir() if p.is_dir()]) == 6
+    assert all(v["vs_baseline"]["verdict"] in ("baseline", "too few seeds to tell") for v in summary["variants"])
+
+
+def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
+    import dl_lab.engine
+
+    monkeypatch.setattr(dl_lab.engine, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH)
+    assert result.exit_code == 3, result.output
+    assert "run(s) failed" in result.stderr
+    assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
+
+
+def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_path):
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", "3", *SYNTH,
+               "--set", "train.epochs=40", "--runs-dir", str(runs)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = [p for p in runs.glob("compare-*/*/summary.json") if json.loads(p.read_text())["status"] == "completed"]
+        if done:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    [folder] = runs.glob("compare-*")
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")
+            if json.loads(p.read_text())["status"] == "completed"}
+    assert 1 <= len(kept) < 6
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+
+    resumed = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{6 - len(kept)} run(s) trained, {len(kept)} kept" in resumed.stdout
+    after = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
+    assert len(after) == 6 and all(after[name] == stamp for name, stamp in kept.items())
+    assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+
+
+def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tmp_path, write_config):
+    _, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH)
+    before = json.loads((folder / "summary.json").read_text())
+    for name in ["table.md", "table.csv", "summary.json", "curves.png"]:
+        (folder / name).unlink()
+    rebuilt = runner.invoke(app, ["report", str(folder), "--json"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json.loads(rebuilt.stdout)["variants"] == before["variants"]
+    assert (folder / "table.md").is_file() and (folder / "curves.png").is_file()
+
+    loose = tmp_path / "loose"
+    config = write_config({"device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000}, "train": {"epochs": 1}}, "mlp")
+    for seed in (1, 2):
+        for activation in ("relu", "tanh"):
+            args = ["train", "-c", str(config), "--set", f"seed={seed}", "--set", f"model.activation={activation}",
+                    "--set", f"name={activation}", "--runs-dir", str(loose)]
+            assert runner.invoke(app, args).exit_code == 0
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(loose), "--out", str(out), "--json", "--expect", "relu > tanh"])
+    assert result.exit_code in (0, 1), result.output
+    summary = json.loads(result.stdout)
+    assert sorted(v["label"] for v in summary["variants"]) == ["relu", "tanh"]
+    assert all(len(v["finals"]) == 2 for v in summary["variants"])
+    assert (out / "table.md").is_file()
+    assert runner.invoke(app, ["report", str(tmp_path / "nothing")]).exit_code == 2
+
+
+@needs_mnist
+def test_acceptance_relu_beats_sigmoid_on_a_deep_sgd_stack(runner, tmp_path):
+    deep = ["--seeds", "2", "--set", "train.epochs=1", "--set", "model.hidden=[256,256,256,256,256,256]",
+            "--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.01", "--set", "model.init=xavier_uniform",
+            "--set", "device=cpu", "--set", "data.download=false"]
+    result, [folder] = compare(runner, tmp_path, "sigmoid", "relu", *deep, "--json", "--expect", "relu > sigmoid")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    sigmoid, relu = summary["variants"]
+    assert relu["aggregates"]["test_acc_mean"] > sigmoid["aggregates"]["test_acc_mean"] + 0.3
+    assert summary["best"] == "relu" and len(list(folder.glob("*.png"))) >= 2
+    wrong = runner.invoke(app, ["compare", "--resume", str(folder), "--expect", "sigmoid > relu"])
+    assert wrong.exit_code == 1 and "0 run(s) trained" in wrong.stdout
