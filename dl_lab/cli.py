@@ -17,7 +17,7 @@ import typer
 from dl_lab.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "diverged": EXIT_RUN_FAILED, "interrupted": EXIT_INTERRUPTED}
 
 app = typer.Typer(
     name="dllab",
@@ -59,7 +59,7 @@ def train(
 ) -> None:
     """Train one model from a config; write config.yaml, metrics.csv, summary.json and env.json to a new run folder.
 
-    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 130 interrupted.
+    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 3 diverged (non-finite loss), 130 interrupted.
     """
     from rich.console import Console
 
@@ -77,6 +77,9 @@ def train(
         typer.echo(_result_text(summary))
     if summary["status"] == "failed":
         typer.echo(f"error: training failed: {summary['error']} (traceback in {summary['run_dir']}/error.txt)", err=True)
+    if summary["status"] == "diverged":
+        typer.echo(f"error: training diverged: {summary['error']}. The metrics of the epochs before are kept in "
+                   f"{summary['run_dir']}; a smaller optimizer.lr usually helps.", err=True)
     raise typer.Exit(STATUS_EXIT[summary["status"]])
 
 
@@ -143,19 +146,18 @@ def compare(
     devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
     err = Console(stderr=True)
     with progress_for(err, sys.stderr, devices, total_runs=todo) as progress:
-        trained = run_compare(folder, plan, data, progress)
+        trained, interrupted = run_compare(folder, plan, data, progress)
     _, results = load_compare(folder)
-    statuses = {summary["status"] for summary in trained}
     complete = all(len(result.runs) == len(plan.seeds) for result in results)
-    status = "completed" if complete else "interrupted" if "interrupted" in statuses else "failed"
+    status = "completed" if complete else "interrupted" if interrupted else "failed"
     summary = write_report(folder, results, plan.seeds, expectations, alpha, status)
     _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - todo)
     if status == "interrupted":
         typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if status == "failed":
-        failed = [s["run_dir"] for s in trained if s["status"] != "completed"]
-        typer.echo(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", err=True)
+        failed = [f"{s['run_dir']} ({s['status']})" for s in trained if s["status"] != "completed"]
+        typer.echo(f"error: {len(failed)} run(s) failed or diverged: {', '.join(failed)}", err=True)
         raise typer.Exit(EXIT_RUN_FAILED)
     raise typer.Exit(EXIT_OK if all(e["holds"] for e in summary["expectations"]) else EXIT_FAILED)
 

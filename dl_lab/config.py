@@ -132,6 +132,7 @@ class TrainConfig(Section):
     epochs: int = Field(15, ge=1, description="an integer >= 1")
     eval_train: bool = Field(False, description="also evaluate the training split in eval mode each epoch "
                                                 "(train_eval_loss, train_eval_acc in metrics.csv)")
+    diagnostics: bool = Field(True, description="per-layer gradient/activation diagnostics on a probe batch each epoch")
 
 
 class ExperimentConfig(Section):

@@ -6,9 +6,10 @@ loss and accuracy accumulate on the device, and the host syncs once per epoch.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol, Sequence
 
 import torch
@@ -16,12 +17,26 @@ from torch import nn
 
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
+from dl_lab.diagnostics import PROBE_SIZE, Diagnostics, probe
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
 
-Status = Literal["completed", "failed", "interrupted"]
+Status = Literal["completed", "failed", "interrupted", "diverged"]
 EVAL_BATCH_SIZE = 10_000  # evaluation needs no gradients, so big batches are cheap and fast
+DIVERGENCE_CHECK_STEPS = 50  # the host looks for a diverged loss this often (a sync), not every step
+# A cross-entropy loss this large means logits of that size: the weights have blown up. Whether float32
+# then overflows to inf/nan is luck, so such a loss counts as diverged too.
+DIVERGED_LOSS = 1e8
+
+
+class Diverged(Exception):
+    """The training loss became non-finite (nan or inf) or exceeded DIVERGED_LOSS."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        what = f"became {loss}" if not math.isfinite(loss) else f"reached {loss:.3g} (limit {DIVERGED_LOSS:.0e})"
+        super().__init__(f"the training loss {what} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
 
 
 @dataclass(frozen=True)
@@ -34,9 +49,12 @@ class EpochMetrics:
     seconds: float  # wall time of the epoch: training and evaluation
     train_eval_loss: float | None = None  # train.eval_train: the training split in eval mode
     train_eval_acc: float | None = None
+    diagnostics: Diagnostics | None = None  # train.diagnostics: probe-batch measurements after the epoch
 
     def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        """The scalar metrics, then the diagnostics as named per-layer columns (metrics.csv rows)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "diagnostics"}
+        return {**row, **(self.diagnostics.columns() if self.diagnostics else {})}
 
 
 FINAL_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -69,8 +87,9 @@ class TrainResult:
     seconds: float
     plan: BatchPlan
     parameters: int
-    error: str | None = None  # traceback text for failed runs
+    error: str | None = None  # traceback text for failed runs, the reason for diverged ones
     pretraining: tuple[PretrainEpoch, ...] = ()
+    diverged_at: dict[str, int] | None = None  # {"epoch": e, "step": s} for diverged runs
 
     @property
     def final(self) -> EpochMetrics | None:
@@ -87,8 +106,8 @@ class Observer:
     def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
         pass
 
-    def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
-        """``loss_sum`` is a device tensor; reading it syncs, so observers must throttle."""
+    def step_done(self, epoch: int, step: int, losses: torch.Tensor, samples: int) -> None:
+        """``losses``: this epoch's per-step losses so far, on the device; reading them syncs, so throttle."""
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
         pass
@@ -114,9 +133,9 @@ class Observers(Observer):
         for member in self.members:
             member.pretrain_epoch_done(record)
 
-    def step_done(self, epoch: int, step: int, loss_sum: torch.Tensor, samples: int) -> None:
+    def step_done(self, epoch: int, step: int, losses: torch.Tensor, samples: int) -> None:
         for member in self.members:
-            member.step_done(epoch, step, loss_sum, samples)
+            member.step_done(epoch, step, losses, samples)
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
         for member in self.members:
@@ -178,7 +197,8 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
     history: list[EpochMetrics] = []
     pretraining: list[PretrainEpoch] = []
     status: Status = "completed"
-    error = None
+    error = diverged_at = None
+    probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     try:
         if config.model.init == "rbm":
             def pretrain_epoch_done(record: PretrainEpoch) -> None:
@@ -193,35 +213,44 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
                     *evaluate(model, loss_fn, data.test)]
             if config.train.eval_train:
                 sums += evaluate(model, loss_fn, data.train)
-            history.append(epoch_metrics(epoch, sums, plan, data, start))
+            diagnostics = probe(model, loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
+            history.append(epoch_metrics(epoch, sums, plan, data, start, diagnostics))
             observer.epoch_done(history[-1])
         observer.run_finished(model, data)
+    except Diverged as exc:
+        status, error, diverged_at = "diverged", str(exc), {"epoch": exc.epoch, "step": exc.step}
     except KeyboardInterrupt:
         status = "interrupted"
     except Exception:  # recorded in the run; the CLI reports it and exits non-zero
         status, error = "failed", traceback.format_exc()
     return TrainResult(status, tuple(history), time.perf_counter() - started, plan, parameter_count(model), error,
-                       tuple(pretraining))
+                       tuple(pretraining), diverged_at)
 
 
-def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: Dataset, start: float) -> EpochMetrics:
-    """Turn the epoch's device sums into means. This is the epoch's single host sync."""
+def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: Dataset, start: float,
+                  diagnostics: Diagnostics | None) -> EpochMetrics:
+    """Turn the epoch's device sums into means (the host sync for the metrics)."""
     values = torch.stack(sums).tolist()
-    train_eval = [values[4] / len(data.train), values[5] / len(data.train)] if len(values) > 4 else []
+    train_eval = (values[4] / len(data.train), values[5] / len(data.train)) if len(values) > 4 else (None, None)
     return EpochMetrics(epoch, values[0] / plan.samples, values[1] / plan.samples, values[2] / len(data.test),
-                        values[3] / len(data.test), time.perf_counter() - start, *train_eval)
+                        values[3] / len(data.test), time.perf_counter() - start, *train_eval, diagnostics)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
                 plan: BatchPlan, order: torch.Generator, epoch: int,
                 observer: Observer) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over shuffled index slices; returns (summed loss, correct count) as device tensors."""
+    """One pass over shuffled index slices; returns (summed loss, correct count) as device tensors.
+
+    Each step's loss goes into a device buffer; every DIVERGENCE_CHECK_STEPS steps (and at the end) the
+    host checks the new entries for nan/inf (or a loss over DIVERGED_LOSS) and raises Diverged naming
+    the first bad step.
+    """
     model.train()
     device = split.x.device
     permutation = torch.randperm(len(split), generator=order).to(device, non_blocking=True)
-    loss_sum = torch.zeros((), device=device)
+    losses = torch.zeros(plan.steps, device=device)
     correct = torch.zeros((), device=device)
-    seen = 0
+    seen = checked = 0
     for step in range(plan.steps):
         index = permutation[step * plan.batch_size:(step + 1) * plan.batch_size]
         inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
@@ -230,12 +259,26 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        batch = min(plan.batch_size, len(split) - step * plan.batch_size)
-        seen += batch
-        loss_sum += loss.detach() * batch
+        seen += min(plan.batch_size, len(split) - step * plan.batch_size)
+        losses[step] = loss.detach()
         correct += (logits.detach().argmax(1) == targets).sum()
-        observer.step_done(epoch, step + 1, loss_sum, seen)
+        observer.step_done(epoch, step + 1, losses[:step + 1], seen)
+        if step + 1 - checked == DIVERGENCE_CHECK_STEPS or step + 1 == plan.steps:
+            _check_finite(losses, checked, step + 1, epoch)
+            checked = step + 1
+    # Every batch but a partial last one has batch_size samples.
+    loss_sum = losses.sum() * plan.batch_size
+    if plan.steps and plan.samples != plan.steps * plan.batch_size:
+        loss_sum += losses[-1] * (plan.samples - plan.steps * plan.batch_size)
     return loss_sum, correct
+
+
+def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
+    window = losses[start:stop]
+    bad = ~torch.isfinite(window) | (window > DIVERGED_LOSS)
+    if bad.any():  # host sync, once per window
+        first = int(bad.nonzero()[0])
+        raise Diverged(epoch, start + first + 1, window[first].item())
 
 
 @torch.inference_mode()

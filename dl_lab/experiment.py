@@ -84,13 +84,21 @@ class CompareRecorder(Observer):
 
     def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
         self.summaries.append(self.current.finish(result))
+        self.current = None
+
+    def interrupted(self) -> None:
+        """Ctrl-C outside a run's training loop (setting up or recording): mark that run interrupted."""
+        if self.current is not None:
+            self.summaries.append(self.current.interrupted())
+            self.current = None
 
 
 def run_compare(folder: Path, plan: ComparePlan, data: dict[str, tuple[torch.device, Dataset]],
-                progress: Observer) -> list[dict]:
-    """Train the planned runs not yet completed in ``folder``; returns the summaries of runs trained now.
+                progress: Observer) -> tuple[list[dict], bool]:
+    """Train the planned runs not yet completed in ``folder``.
 
-    Stops at the first interrupted run. Completed runs from an earlier attempt are kept (resume).
+    Returns the summaries of the runs trained now and whether the user interrupted. Completed runs
+    from an earlier attempt are kept (resume); failed or interrupted ones are redone.
     """
     done, stale = finished_runs(folder, plan)
     remove_stale(stale)
@@ -100,11 +108,15 @@ def run_compare(folder: Path, plan: ComparePlan, data: dict[str, tuple[torch.dev
         device, dataset = data[key]
         recorder = CompareRecorder(folder, environment(device, dataset.root))
         group = [config for config in todo if data_key(config) == key]
-        results = SequentialEngine().run(group, dataset, device, Observers([recorder, progress]))
+        try:
+            results = SequentialEngine().run(group, dataset, device, Observers([recorder, progress]))
+        except KeyboardInterrupt:
+            recorder.interrupted()
+            return summaries + recorder.summaries, True
         summaries += recorder.summaries
         if any(result.status == "interrupted" for result in results):
-            break
-    return summaries
+            return summaries, True
+    return summaries, False
 
 
 def run_one(prepared: Prepared, runs_root: Path, progress: Observer) -> dict:

@@ -108,14 +108,80 @@ def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
     plt.close(figure)
 
 
+def _grid(plt, panels: int, columns: int = 3, size: tuple[float, float] = (4.2, 3.3)):
+    """Panels sharing one y scale, so variants compare at a glance."""
+    rows = (panels + columns - 1) // columns
+    columns = min(columns, panels)
+    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False,
+                                sharey=True)
+    for axis in axes.flat[panels:]:
+        axis.set_visible(False)
+    return figure, list(axes.flat)
+
+
+def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
+    """Per variant: the gradient norm of each Linear layer (x) after a few epochs (lines), log scale.
+
+    A profile falling steeply towards layer 1 is the signature of vanishing gradients.
+    """
+    plt = _pyplot()
+    shown = [r for r in results if r.runs and "grad_norm_1" in r.runs[0].metrics[0]]
+    figure, axes = _grid(plt, len(shown))
+    for axis, result in zip(axes, shown):
+        layers = sum(1 for key in result.runs[0].metrics[0] if key.startswith("grad_norm_"))
+        curves = [_curve(result, f"grad_norm_{layer}")[1] for layer in range(1, layers + 1)]
+        epochs = len(curves[0])
+        for epoch in sorted({0, epochs // 3, 2 * epochs // 3, epochs - 1}):
+            axis.plot(range(1, layers + 1), [max(curve[epoch], 1e-30) for curve in curves], marker="o",
+                      markersize=3, label=f"after epoch {epoch + 1}")
+        axis.set_yscale("log")
+        axis.set(title=result.label, xlabel="Linear layer (1 = input side)", ylabel="gradient norm (probe batch)")
+    figure.suptitle("Gradient norm per layer (mean over seeds)")
+    _save(plt, figure, axes[:len(shown)], path)
+
+
+def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> None:
+    """Per variant (rows) and hidden layer (columns): the distribution of activation outputs after training."""
+    plt = _pyplot()
+    shown = [r for r in results if r.runs and (r.runs[0].summary.get("diagnostics") or {}).get("activation_histograms")]
+    layers = max(len(r.runs[0].summary["diagnostics"]["activation_histograms"]) for r in shown)
+    figure, axes = plt.subplots(len(shown), layers, figsize=(2.8 * layers + 1, 2.3 * len(shown) + 0.8), squeeze=False)
+    for row, result in enumerate(shown):
+        histograms = result.runs[0].summary["diagnostics"]["activation_histograms"]
+        for column in range(layers):
+            axis = axes[row][column]
+            if column >= len(histograms):
+                axis.set_visible(False)
+                continue
+            low, high = histograms[column]["edges"]
+            counts = histograms[column]["counts"]
+            width = (high - low) / len(counts) if high > low else 1.0
+            axis.bar([low + width * (i + 0.5) for i in range(len(counts))], counts, width=width)
+            axis.set_title(f"{result.label}: layer {column + 1}", fontsize=8)
+            axis.tick_params(labelsize=7)
+            if row == len(shown) - 1:
+                axis.set_xlabel("activation output", fontsize=8)
+            if column == 0:
+                axis.set_ylabel(f"count (seed {result.runs[0].seed})", fontsize=8)
+    figure.suptitle("Activation outputs per hidden layer on the probe batch after training")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 PLOTS = {"curves.png": plot_curves, "train_vs_test_loss.png": plot_train_vs_test_loss,
          "final_accuracy.png": plot_final_accuracy}
+DIAGNOSTIC_PLOTS = {"gradient_norms.png": plot_gradient_norms, "activation_histograms.png": plot_activation_histograms}
 
 
 def write_plots(results: Sequence[VariantResult], folder: Path) -> list[Path]:
     written = []
     if any(result.runs for result in results):
         for name, draw in PLOTS.items():
+            draw(results, folder / name)
+            written.append(folder / name)
+    if any(result.runs and (result.runs[0].summary.get("diagnostics")) for result in results):
+        for name, draw in DIAGNOSTIC_PLOTS.items():
             draw(results, folder / name)
             written.append(folder / name)
     return written

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dl_lab.config import ExperimentConfig
+from dl_lab.diagnostics import WarningTracker
 from dl_lab.engine import BatchPlan, EpochMetrics, Observer
 from dl_lab.pretraining import PretrainEpoch
 
@@ -34,12 +35,14 @@ class LineProgress(Observer):
     def __init__(self, device: str, total_runs: int | None = None) -> None:
         self.device, self.epochs, self.rbm_epochs = device, 0, 0
         self.total_runs, self.run_index, self.prefix = total_runs, 0, ""
+        self.warnings = WarningTracker()
 
     def emit(self, line: str) -> None:
         raise NotImplementedError
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         self.epochs, self.rbm_epochs = config.train.epochs, config.model.rbm.epochs
+        self.warnings = WarningTracker()
         if self.total_runs:
             self.run_index += 1
             self.prefix = f"[{self.run_index}/{self.total_runs}] {config.name} seed {config.seed}: "
@@ -52,6 +55,8 @@ class LineProgress(Observer):
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
         self.emit(epoch_line(metrics, self.epochs))
+        for warning in self.warnings.new(metrics.diagnostics):
+            self.emit(f"warning: {warning}")
 
     def __enter__(self) -> "LineProgress":
         return self
@@ -107,12 +112,12 @@ class TerminalProgress(LineProgress):
         if self.total_runs:
             self.progress.update(self.runs_task, completed=self.run_index)
 
-    def step_done(self, epoch: int, step: int, loss_sum: Any, samples: int) -> None:
+    def step_done(self, epoch: int, step: int, losses: Any, samples: int) -> None:
         now = time.monotonic()
         if now - self._last_refresh < REFRESH_SECONDS and step < self.steps:
             return
         self._last_refresh = now
-        running = loss_sum.item() / samples  # host sync, throttled to a few per second
+        running = losses.mean().item()  # host sync, throttled to a few per second
         self.progress.update(self.batch_task, completed=step, info=f"loss {running:.4f}")
 
     def epoch_done(self, metrics: EpochMetrics) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import operator
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,6 +121,8 @@ def table_rows(results: Sequence[VariantResult], alpha: float = 0.05) -> list[di
         shared = [s for s in result.seeds if s in baseline.seeds]
         test = paired_test(result.finals("test_acc", shared), baseline.finals("test_acc", shared)) if shared else None
         gaps = [_train_acc(r) - r.final["test_acc"] for r in result.runs]
+        ratios = [r.summary["diagnostics"]["gradient_ratio_first_last"] for r in result.runs
+                  if (r.summary.get("diagnostics") or {}).get("gradient_ratio_first_last")]
         rows.append({
             "variant": result.label,
             "changes": "baseline" if result is baseline else changes_from(baseline.config, result.config),
@@ -131,6 +135,8 @@ def table_rows(results: Sequence[VariantResult], alpha: float = 0.05) -> list[di
             "test_loss_std": loss.std if loss else None,
             "train_test_gap": sum(gaps) / len(gaps) if gaps else None,
             "seconds_per_run": sum(r.summary["seconds"] for r in result.runs) / len(result.runs) if result.runs else None,
+            # geometric mean: the ratios span orders of magnitude
+            "grad_ratio_first_last": math.exp(statistics.fmean(math.log(r) for r in ratios)) if ratios else None,
             "diff_vs_baseline": None if result is baseline or test is None else test.mean_difference,
             "p_value": None if result is baseline or test is None else test.p_value,
             "verdict": "baseline" if result is baseline else (verdict(test, alpha) if test else "no matched seeds"),
@@ -153,7 +159,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 TABLE_HEADER = ["variant", "changes", "seeds", "test_acc (mean ± std)", "95% CI", "test_loss", "train−test gap",
-                "s/run", "Δ test_acc vs baseline", "p (paired t)", "verdict"]
+                "grad L1/Llast", "s/run", "Δ test_acc vs baseline", "p (paired t)", "verdict"]
 
 
 def display_cells(row: dict[str, Any]) -> list[str]:
@@ -162,8 +168,9 @@ def display_cells(row: dict[str, Any]) -> list[str]:
           if row["test_acc_ci95_low"] is not None else "—")
     diff = "—" if row["diff_vs_baseline"] is None else f"{100 * row['diff_vs_baseline']:+.2f} pts"
     p = "—" if row["p_value"] is None else f"{row['p_value']:.3g}"
+    ratio = "—" if row.get("grad_ratio_first_last") is None else f"{row['grad_ratio_first_last']:.2g}"
     return [row["variant"] + (" ★" if row["best"] else ""), row["changes"], str(row["seeds"]), acc, ci,
-            _fmt(row["test_loss_mean"]), _fmt(row["train_test_gap"]), _fmt(row["seconds_per_run"], 1), diff, p,
+            _fmt(row["test_loss_mean"]), _fmt(row["train_test_gap"]), ratio, _fmt(row["seconds_per_run"], 1), diff, p,
             row["verdict"]]
 
 
@@ -171,7 +178,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in display_cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n\n★ best mean test accuracy. Differences and paired t-tests are against the first variant " \
-                              "(the baseline) over matched seeds.\n"
+                              "(the baseline) over matched seeds. grad L1/Llast: first over last Linear layer's gradient " \
+                              "norm on the probe batch after the last epoch (geometric mean over seeds); far below 1 " \
+                              "means vanishing gradients.\n"
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -22,11 +22,12 @@ from typing import Any, Sequence
 import yaml
 
 from dl_lab.config import ExperimentConfig
+from dl_lab.diagnostics import WarningTracker
 from dl_lab.engine import FINAL_KEYS, BatchPlan, EpochMetrics, Observer, TrainResult
 from dl_lab.pretraining import PretrainEpoch
 
 OPTIONAL_COLUMNS = ["train_eval_loss", "train_eval_acc"]  # only with train.eval_train
-METRIC_COLUMNS = [f.name for f in fields(EpochMetrics) if f.name not in OPTIONAL_COLUMNS]
+METRIC_COLUMNS = [f.name for f in fields(EpochMetrics) if f.name not in (*OPTIONAL_COLUMNS, "diagnostics")]
 PRETRAIN_COLUMNS = [f.name for f in fields(PretrainEpoch)]
 
 
@@ -63,7 +64,10 @@ def safe_name(name: str) -> str:
 
 
 def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) -> str:
-    return _csv(METRIC_COLUMNS + (OPTIONAL_COLUMNS if with_train_eval else []), [m.as_dict() for m in history])
+    """One row per epoch; train-eval columns with train.eval_train, per-layer diagnostics when measured."""
+    diagnostic_columns = list(history[0].diagnostics.columns()) if history and history[0].diagnostics else []
+    columns = METRIC_COLUMNS + (OPTIONAL_COLUMNS if with_train_eval else []) + diagnostic_columns
+    return _csv(columns, [m.as_dict() for m in history])
 
 
 def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
@@ -90,6 +94,7 @@ class RunRecorder(Observer):
     def __post_init__(self) -> None:
         self.history: list[EpochMetrics] = []
         self.pretraining: list[PretrainEpoch] = []
+        self.warnings = WarningTracker()
         self.plan: BatchPlan | None = None
         self.started_at = _now()
         self._started = time.perf_counter()
@@ -108,12 +113,15 @@ class RunRecorder(Observer):
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
+        self.warnings.new(metrics.diagnostics)
         self._write_metrics()
         self._write_summary("running")
 
     def finish(self, result: TrainResult) -> dict[str, Any]:
         """Write the final summary from the engine's result and return it."""
         self.history = list(result.history)
+        for metrics in self.history:
+            self.warnings.new(metrics.diagnostics)
         self._write_metrics()
         return self._write_summary(result.status, result)
 
@@ -148,7 +156,11 @@ class RunRecorder(Observer):
             "finished_at": _now() if status != "running" else None,
             "run_dir": str(self.folder),
             "error": (result.error.strip().splitlines()[-1] if result and result.error else None),
+            "diverged_at": result.diverged_at if result else None,
+            "warnings": self.warnings.all,
         }
+        if final and final.diagnostics:
+            summary["diagnostics"] = final.diagnostics.summary()
         if self.pretraining:
             layers = sorted({r.layer for r in self.pretraining})
             summary["pretraining"] = {
@@ -159,7 +171,7 @@ class RunRecorder(Observer):
                 "seconds": round(sum(r.seconds for r in self.pretraining), 3),
             }
         write_atomic(self.folder / "summary.json", dump_json(summary))
-        if result and result.error:
+        if result and result.status == "failed" and result.error:
             write_atomic(self.folder / "error.txt", result.error)
         return summary
 

@@ -75,16 +75,18 @@ def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runne
     summary = json.loads(result.stdout)
     assert summary == json.loads((folder / "summary.json").read_text())
     assert {"table.md", "table.csv", "summary.json", "plan.json"} <= {p.name for p in folder.iterdir()}
-    assert len(list(folder.glob("*.png"))) >= 2
+    assert {"curves.png", "train_vs_test_loss.png", "final_accuracy.png", "gradient_norms.png",
+            "activation_histograms.png"} <= {p.name for p in folder.glob("*.png")}
     relu, sigmoid = summary["variants"]
     assert (relu["label"], sigmoid["label"]) == ("relu", "sigmoid")
     assert list(relu["finals"]) == list(sigmoid["finals"]) == ["777", "778"]  # matched seeds
     assert sigmoid["changes"] == "activation=sigmoid"
     assert relu["aggregates"]["test_acc_mean"] > sigmoid["aggregates"]["test_acc_mean"]
+    assert relu["aggregates"]["grad_ratio_first_last"] > 0
     assert summary["best"] == "relu"
     assert summary["expectations"][0]["holds"] is True
     table = (folder / "table.md").read_text()
-    assert "relu ★" in table and "activation=sigmoid" in table and "p (paired t)" in table
+    assert "relu ★" in table and "activation=sigmoid" in table and "p (paired t)" in table and "grad L1/Llast" in table
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
         "relu-seed777", "relu-seed778", "sigmoid-seed777", "sigmoid-seed778"]
 
@@ -130,7 +132,7 @@ def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(dl_lab.engine, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH)
     assert result.exit_code == 3, result.output
-    assert "run(s) failed" in result.stderr
+    assert "run(s) failed or diverged" in result.stderr
     assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
 
 
