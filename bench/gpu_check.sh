@@ -36,5 +36,21 @@ python3 -m dl_lab train --config relu --set device=cuda --set train.epochs=1 --s
 echo "== a CUDA index that does not exist =="
 python3 -m dl_lab train --config relu --set device=cuda:7 --runs-dir /tmp/runs-none; echo "rc=$? (expect 2)"; ls /tmp/runs-none 2>&1 | head -1
 
+echo "== compare on cuda: deep sigmoid vs relu (SGD), 2 seeds, with expectations =="
+python3 -m dl_lab compare sigmoid relu --seeds 2 --set train.epochs=1 --set "model.hidden=[256,256,256,256,256,256]" \
+  --set optimizer.name=sgd --set optimizer.lr=0.01 --set model.init=xavier_uniform --device cuda \
+  --runs-dir /tmp/runs-cmp --expect "relu > sigmoid" 2>/dev/null | tail -8; echo "rc=$? (expect 0)"
+python3 -m dl_lab compare --resume /tmp/runs-cmp/compare-* --expect "sigmoid > relu" 2>/dev/null | tail -3; echo "rc=${PIPESTATUS[0]} (expect 1)"
+
+echo "== divergence on cuda: SGD lr 50 =="
+python3 -m dl_lab train --config relu --set device=cuda --set optimizer.name=sgd --set optimizer.lr=50 --runs-dir /tmp/runs 2>&1 | tail -2; echo "rc=${PIPESTATUS[0]} (expect 3)"
+
+echo "== rbm preset, short, cuda =="
+python3 -m dl_lab train --config lab09/rbm --set device=cuda --set train.epochs=2 --set model.rbm.epochs=2 --json --runs-dir /tmp/runs 2>/dev/null \
+  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'rbm errors', s['pretraining']['reconstruction_error'])"
+
 echo "== bench: classic loop vs dllab vs bare loop, cuda =="
 python3 bench/epoch_speed.py --device cuda --epochs 3 2>&1 | tee "$OUT/bench_cuda.txt"
+
+echo "== bench: diagnostics overhead, cuda =="
+python3 bench/diagnostics_overhead.py --device cuda --repeats 3 2>&1 | tee "$OUT/diag_cuda.txt"
