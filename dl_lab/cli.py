@@ -125,7 +125,7 @@ def compare(
     from dl_lab.errors import ConfigError
     from dl_lab.experiment import load_data_for, run_compare
     from dl_lab.progress import progress_for
-    from dl_lab.report import load_compare, parse_expectation, write_report
+    from dl_lab.report import parse_expectation, report_compare
 
     with user_errors():
         if resume is not None:
@@ -144,13 +144,10 @@ def compare(
             runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device})
     todo = len(plan.runs()) - len(finished_runs(folder, plan)[0])
     devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
-    err = Console(stderr=True)
-    with progress_for(err, sys.stderr, devices, total_runs=todo) as progress:
+    with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=todo) as progress:
         trained, interrupted = run_compare(folder, plan, data, progress)
-    _, results = load_compare(folder)
-    complete = all(len(result.runs) == len(plan.seeds) for result in results)
-    status = "completed" if complete else "interrupted" if interrupted else "failed"
-    summary = write_report(folder, results, plan.seeds, expectations, alpha, status)
+    summary = report_compare(folder, expectations, alpha, interrupted)
+    status = summary["status"]
     _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - todo)
     if status == "interrupted":
         typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)

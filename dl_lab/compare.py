@@ -14,8 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import load_config
 from dl_lab.errors import ConfigError
@@ -129,10 +127,12 @@ def changes_from(baseline: ExperimentConfig, variant: ExperimentConfig) -> str:
             return out
         return {prefix[:-1]: data}
 
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
     base, other = flat(baseline.to_dict()), flat(variant.to_dict())
     changed = [key for key in other if key not in ("name", "seed") and other[key] != base.get(key)]
-    return ", ".join(f"{key.split('.')[-1]}={yaml.safe_dump(other[key], default_flow_style=True).strip().removesuffix('...').strip()}"
-                     for key in changed) or "—"
+    return ", ".join(f"{key.split('.')[-1]}={show(other[key])}" for key in changed) or "—"
 
 
 def create_compare_dir(runs_root: Path, plan: ComparePlan, options: Mapping[str, Any]) -> Path:

@@ -289,3 +289,12 @@ def table_rows_from_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"variant": v["label"], "changes": v["changes"], **v["aggregates"],
              "diff_vs_baseline": v["vs_baseline"]["mean_difference"], "p_value": v["vs_baseline"]["p_value"],
              "verdict": v["vs_baseline"]["verdict"], "best": v["label"] == summary["best"]} for v in summary["variants"]]
+
+
+def report_compare(folder: Path, expectations: Sequence[Expectation], alpha: float | None,
+                   interrupted: bool = False) -> dict[str, Any]:
+    """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed."""
+    plan, results = load_compare(folder)
+    complete = all(len(result.runs) == len(plan.seeds) for result in results)
+    status = "completed" if complete else "interrupted" if interrupted else "failed"
+    return write_report(folder, results, plan.seeds, expectations, alpha, status)

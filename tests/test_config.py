@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dl_lab.config import BatchNormConfig
@@ -153,4 +151,3 @@ def test_config_is_frozen(write_config):
     config = load_config(str(write_config({}))).config
     with pytest.raises(Exception):
         config.seed = 3  # type: ignore[misc]
-    assert Path  # keep import used
