@@ -6,6 +6,7 @@ Heavy imports (torch, pydantic) happen inside commands so that `dllab --help` st
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
@@ -35,6 +36,12 @@ ConfigOption = Annotated[str, typer.Option(
 SetOption = Annotated[Optional[List[str]], typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Override a config key (dotted; value parsed as YAML), e.g. --set model.activation=sigmoid. Repeatable.")]
+
+
+class Engine(str, enum.Enum):
+    auto = "auto"
+    batched = "batched"
+    sequential = "sequential"
 
 
 @contextlib.contextmanager
@@ -113,6 +120,9 @@ def compare(
         "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest.")] = None,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="auto: train runs that share an architecture together (stacked weights); "
+                         "sequential: one model at a time; batched: stack every run.")] = Engine.auto,
 ) -> None:
     """Train several variants over matched seeds; write tables (Markdown, CSV, JSON) and plots.
 
@@ -121,9 +131,9 @@ def compare(
     """
     from rich.console import Console
 
-    from dl_lab.compare import create_compare_dir, finished_runs, load_plan, plan_comparison
+    from dl_lab.compare import create_compare_dir, load_plan, plan_comparison
     from dl_lab.errors import ConfigError
-    from dl_lab.experiment import load_data_for, run_compare
+    from dl_lab.experiment import describe_engine, load_data_for, pending_configs, run_compare
     from dl_lab.progress import progress_for
     from dl_lab.report import parse_expectation, report_compare
 
@@ -142,11 +152,14 @@ def compare(
         data = load_data_for([run.config for run in plan.runs()], os.environ)
         folder = resume if resume is not None else create_compare_dir(
             runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device})
-    todo = len(plan.runs()) - len(finished_runs(folder, plan)[0])
+    pending = pending_configs(folder, plan)
+    todo = len(pending)
     devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+    engine_text = describe_engine(engine.value, pending) if pending else "nothing to train"
+    typer.echo(f"engine {engine_text}", err=True)
     with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=todo) as progress:
-        trained, interrupted = run_compare(folder, plan, data, progress)
-    summary = report_compare(folder, expectations, alpha, interrupted)
+        trained, interrupted = run_compare(folder, plan, data, progress, engine.value)
+    summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
     status = summary["status"]
     _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - todo)
     if status == "interrupted":

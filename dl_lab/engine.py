@@ -118,6 +118,10 @@ class Observer:
     def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
         """A run ended (completed, failed or interrupted); called by engines after each run."""
 
+    def switch_run(self, config: ExperimentConfig) -> None:
+        """The following events belong to this (already started) run: engines that train several
+        runs at once call it before each run's events."""
+
 
 @dataclass
 class Observers(Observer):
@@ -149,11 +153,21 @@ class Observers(Observer):
         for member in self.members:
             member.run_done(config, result)
 
+    def switch_run(self, config: ExperimentConfig) -> None:
+        for member in self.members:
+            member.switch_run(config)
+
 
 @dataclass(frozen=True)
 class Generators:
     order: torch.Generator  # shuffles the training data each epoch
     pretrain: torch.Generator  # shuffles pre-training batches, apart so data order is the same with or without
+
+
+def configure_math(config: ExperimentConfig) -> None:
+    """Set per run (the setting is process-wide): TF32 matmuls on CUDA only when the config asks."""
+    torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
+    torch.backends.cudnn.allow_tf32 = config.train.tf32
 
 
 def seed_everything(seed: int) -> Generators:
@@ -189,6 +203,7 @@ class SequentialEngine:
 def train(config: ExperimentConfig, data: Dataset, device: torch.device, observer: Observer) -> TrainResult:
     """Train one model as ``config`` says and evaluate it after every epoch."""
     started = time.perf_counter()
+    configure_math(config)
     generators = seed_everything(config.seed)
     model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()

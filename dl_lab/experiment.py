@@ -14,7 +14,8 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import LoadedConfig, load_config
 from dl_lab.data import Dataset, load_dataset, resolve_data_root
 from dl_lab.device import resolve_device
-from dl_lab.engine import BatchPlan, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult
+from dl_lab.batched import BatchedEngine, plan_batches
+from dl_lab.engine import BatchPlan, Engine, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult
 from dl_lab.environment import environment
 from dl_lab.errors import UserError
 from dl_lab.pretraining import PretrainEpoch
@@ -68,13 +69,17 @@ class CompareRecorder(Observer):
 
     def __init__(self, folder: Path, env: dict) -> None:
         self.folder, self.env = folder, env
+        self.open: dict[tuple[str, int], RunRecorder] = {}  # started, not yet done
         self.current: RunRecorder | None = None
         self.summaries: list[dict] = []
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         run_folder = create_run_dir(self.folder, f"{config.name}-seed{config.seed}", timestamp=False)
-        self.current = RunRecorder(run_folder, config, self.env)
+        self.current = self.open[(config.name, config.seed)] = RunRecorder(run_folder, config, self.env)
         self.current.run_started(config, plan)
+
+    def switch_run(self, config: ExperimentConfig) -> None:
+        self.current = self.open[(config.name, config.seed)]
 
     def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
         self.current.pretrain_epoch_done(record)
@@ -83,33 +88,61 @@ class CompareRecorder(Observer):
         self.current.epoch_done(metrics)
 
     def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
-        self.summaries.append(self.current.finish(result))
+        self.summaries.append(self.open.pop((config.name, config.seed)).finish(result))
         self.current = None
 
     def interrupted(self) -> None:
-        """Ctrl-C outside a run's training loop (setting up or recording): mark that run interrupted."""
-        if self.current is not None:
-            self.summaries.append(self.current.interrupted())
-            self.current = None
+        """Ctrl-C outside a run's training loop (setting up or recording): mark open runs interrupted."""
+        self.summaries += [recorder.interrupted() for recorder in self.open.values()]
+        self.open.clear()
+        self.current = None
+
+
+ENGINES = ("auto", "batched", "sequential")
+
+
+def make_engine(name: str) -> Engine:
+    """auto: batch runs that share an architecture, train lone ones as usual; batched: batch even
+    lone runs (a stack of one); sequential: one model at a time."""
+    if name == "sequential":
+        return SequentialEngine()
+    return BatchedEngine(min_batch=2 if name == "auto" else 1)
+
+
+def describe_engine(name: str, configs: list[ExperimentConfig]) -> str:
+    """'batched: 2 groups of 5 runs' — said in compare's output and recorded in summary.json."""
+    if name == "sequential":
+        return f"sequential: {len(configs)} runs one by one"
+    groups = plan_batches(configs, 2 if name == "auto" else 1)
+    sizes = sorted((len(g) for g in groups if len(g) > 1 or name == "batched"), reverse=True)
+    if not sizes:
+        return f"sequential: {len(configs)} runs share no architecture to batch"
+    alone = sum(1 for g in groups if len(g) == 1) if name == "auto" else 0
+    text = f"batched: {len(sizes)} stacked group(s) ({' + '.join(map(str, sizes))} runs)"
+    return text + (f", {alone} run(s) one by one" if alone else "")
+
+
+def pending_configs(folder: Path, plan: ComparePlan) -> list[ExperimentConfig]:
+    done, _ = finished_runs(folder, plan)
+    return [run.config for run in plan.runs() if (run.config.experiment_hash(), run.seed) not in done]
 
 
 def run_compare(folder: Path, plan: ComparePlan, data: dict[str, tuple[torch.device, Dataset]],
-                progress: Observer) -> tuple[list[dict], bool]:
+                progress: Observer, engine: str = "auto") -> tuple[list[dict], bool]:
     """Train the planned runs not yet completed in ``folder``.
 
     Returns the summaries of the runs trained now and whether the user interrupted. Completed runs
     from an earlier attempt are kept (resume); failed or interrupted ones are redone.
     """
-    done, stale = finished_runs(folder, plan)
-    remove_stale(stale)
-    todo = [run.config for run in plan.runs() if (run.config.experiment_hash(), run.seed) not in done]
+    remove_stale(finished_runs(folder, plan)[1])
+    todo = pending_configs(folder, plan)
     summaries: list[dict] = []
     for key in dict.fromkeys(data_key(config) for config in todo):
         device, dataset = data[key]
         recorder = CompareRecorder(folder, environment(device, dataset.root))
         group = [config for config in todo if data_key(config) == key]
         try:
-            results = SequentialEngine().run(group, dataset, device, Observers([recorder, progress]))
+            results = make_engine(engine).run(group, dataset, device, Observers([recorder, progress]))
         except KeyboardInterrupt:
             recorder.interrupted()
             return summaries + recorder.summaries, True

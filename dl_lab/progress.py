@@ -36,16 +36,24 @@ class LineProgress(Observer):
         self.device, self.epochs, self.rbm_epochs = device, 0, 0
         self.total_runs, self.run_index, self.prefix = total_runs, 0, ""
         self.warnings = WarningTracker()
+        self.trackers: dict[tuple[str, int], WarningTracker] = {}  # per run, for engines training several at once
+        self.prefixes: dict[tuple[str, int], str] = {}
+
+    def switch_run(self, config: ExperimentConfig) -> None:
+        key = (config.name, config.seed)
+        self.warnings = self.trackers.get(key, self.warnings)
+        self.prefix = self.prefixes.get(key, self.prefix)
 
     def emit(self, line: str) -> None:
         raise NotImplementedError
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         self.epochs, self.rbm_epochs = config.train.epochs, config.model.rbm.epochs
-        self.warnings = WarningTracker()
+        self.warnings = self.trackers[(config.name, config.seed)] = WarningTracker()
         if self.total_runs:
             self.run_index += 1
-            self.prefix = f"[{self.run_index}/{self.total_runs}] {config.name} seed {config.seed}: "
+            self.prefix = self.prefixes[(config.name, config.seed)] = (
+                f"[{self.run_index}/{self.total_runs}] {config.name} seed {config.seed}: ")
         self.emit(f"training {config.name}: {config.train.epochs} epochs x {plan.steps} steps "
                   f"(batch {plan.batch_size}) on {self.device}")
 

@@ -268,7 +268,8 @@ def build_summary(results: Sequence[VariantResult], rows: Sequence[dict[str, Any
 
 
 def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence[int],
-                 expectations: Sequence[Expectation], alpha: float | None, status: str) -> dict[str, Any]:
+                 expectations: Sequence[Expectation], alpha: float | None, status: str,
+                 engine: str | None = None) -> dict[str, Any]:
     """table.md, table.csv, summary.json and the PNG plots in ``folder``; returns the summary."""
     from dl_lab.plots import write_plots  # plots import this module's types
     from dl_lab.runs import dump_json, write_atomic
@@ -276,6 +277,8 @@ def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence
     rows = table_rows(results, alpha if alpha is not None else 0.05)
     checks = [check_expectation(e, results, alpha) for e in expectations]
     summary = build_summary(results, rows, seeds, checks, status, folder)
+    if engine:
+        summary["engine"] = engine  # how the runs trained in this invocation were trained
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "table.md", markdown_table(rows))
     write_atomic(folder / "table.csv", csv_table(rows))
@@ -292,9 +295,9 @@ def table_rows_from_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def report_compare(folder: Path, expectations: Sequence[Expectation], alpha: float | None,
-                   interrupted: bool = False) -> dict[str, Any]:
+                   interrupted: bool = False, engine: str | None = None) -> dict[str, Any]:
     """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed."""
     plan, results = load_compare(folder)
     complete = all(len(result.runs) == len(plan.seeds) for result in results)
     status = "completed" if complete else "interrupted" if interrupted else "failed"
-    return write_report(folder, results, plan.seeds, expectations, alpha, status)
+    return write_report(folder, results, plan.seeds, expectations, alpha, status, engine)

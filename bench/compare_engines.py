@@ -1,0 +1,55 @@
+"""A 2 x 5 comparison grid (relu and sigmoid presets, 5 seeds each) trained by the sequential and the
+batched engine, side by side in one process. Prints total seconds and the ratio.
+
+Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from dl_lab.batched import BatchedEngine
+from dl_lab.config_loader import load_config
+from dl_lab.data import load_dataset, resolve_data_root
+from dl_lab.device import device_name, resolve_device
+from dl_lab.engine import Observer, SequentialEngine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    configs = [load_config(name, [f"train.epochs={args.epochs}", f"device={args.device}", f"seed={777 + i}",
+                                  "model.init=xavier_uniform"]).config
+               for name in ("relu", "sigmoid") for i in range(args.seeds)]
+    device = resolve_device(configs[0].device)
+    data = load_dataset(configs[0].data, resolve_data_root(None, os.environ), device)
+    times: dict[str, list[float]] = {"sequential": [], "batched": []}
+    for _ in range(args.repeats):
+        for name, engine in [("sequential", SequentialEngine()), ("batched", BatchedEngine())]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            results = engine.run(configs, data, device, Observer())
+            times[name].append(time.perf_counter() - start)
+            assert all(r.status == "completed" for r in results), [r.status for r in results]
+    sequential, batched = statistics.median(times["sequential"]), statistics.median(times["batched"])
+    samples = len(configs) * args.epochs * results[0].plan.samples
+    print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
+          f"median of {args.repeats}")
+    print(f"sequential engine: {sequential:.2f} s  ({samples / sequential:,.0f} samples/s)")
+    print(f"batched engine:    {batched:.2f} s  ({samples / batched:,.0f} samples/s)")
+    print(f"batched / sequential: {batched / sequential:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The batched engine: same numbers as training the runs one by one, grouping, fallback, compare default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dl_lab.batched import BatchedEngine, batch_key, plan_batches, train_batched
+from dl_lab.cli import app
+from dl_lab.config import ExperimentConfig
+from dl_lab.data import DataRoot, load_dataset
+from dl_lab.engine import Observer, SequentialEngine, train
+
+CPU = torch.device("cpu")
+
+
+def config(seed: int, **model) -> ExperimentConfig:
+    return ExperimentConfig.model_validate({
+        "name": "b", "seed": seed, "device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000},
+        "model": {"hidden": [64, 32], "init": "xavier_uniform", **model}, "train": {"epochs": 2}})
+
+
+def numbers(result) -> list[tuple[float, ...]]:
+    return [(m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in result.history]
+
+
+@pytest.mark.parametrize("model", [
+    {},
+    {"dropout": 0.3, "activation": "tanh"},  # each model continues its own dropout RNG stream
+    {"batchnorm": {"position": "after"}, "dropout": 0.2},  # per-model batch statistics
+    {"activation": "sigmoid", "batchnorm": True, "init": "he_uniform"},
+])
+def test_batched_training_matches_sequential_training_run_by_run(model):
+    configs = [config(seed, **model) for seed in (1, 2, 3)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+    sequential = [train(c, data, CPU, Observer()) for c in configs]
+    batched = train_batched(configs, data, CPU, Observer())
+    assert [r.status for r in batched] == ["completed"] * 3
+    for one, together in zip(sequential, batched):
+        assert_same_training(one, together)
+    assert numbers(batched[0]) != numbers(batched[1])  # the seeds really differ
+
+
+def assert_same_training(one, together) -> None:
+    """Equal up to float rounding (bmm vs addmm sum in another order): losses to 1e-3 relative,
+    accuracies to one sample in a thousand (a test image on the decision boundary may flip)."""
+    for a, b in zip(numbers(one), numbers(together)):
+        assert (b[0], b[2]) == pytest.approx((a[0], a[2]), rel=1e-3)
+        assert (b[1], b[3]) == pytest.approx((a[1], a[3]), abs=1.5e-3)
+
+
+def test_runs_differing_in_init_or_dropout_p_batch_together_others_do_not():
+    base = config(1)
+    same = [base, config(2, init="he_normal"), config(3, init="normal", init_gain="auto")]
+    assert len({batch_key(c) for c in same}) == 1
+    assert batch_key(config(1, dropout=0.2)) == batch_key(config(2, dropout=0.5))
+    assert batch_key(config(1, dropout=0.2)) != batch_key(base)  # no dropout layer at all
+    assert batch_key(config(1, activation="tanh")) != batch_key(base)
+    other_lr = base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 0.01})})
+    assert batch_key(other_lr) != batch_key(base)
+    assert plan_batches([base, config(1, activation="tanh"), config(2)]) == [[0, 2], [1]]
+    assert plan_batches([base, config(1, activation="tanh"), config(2)], min_size=1) == [[0, 2], [1]]
+
+
+def test_engine_falls_back_to_sequential_for_lone_runs_and_keeps_order():
+    configs = [config(1), config(1, activation="tanh"), config(2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+    batched = BatchedEngine().run(configs, data, CPU, Observer())
+    sequential = SequentialEngine().run(configs, data, CPU, Observer())
+    for a, b in zip(sequential, batched):
+        assert_same_training(a, b)
+
+
+def test_a_diverging_model_does_not_disturb_the_others():
+    configs = [config(1), config(2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+    hot = [c.model_copy(update={"optimizer": c.optimizer.model_copy(update={"name": "sgd", "lr": 50.0})})
+           for c in configs]
+    results = train_batched(hot, data, CPU, Observer())
+    assert all(r.status in ("diverged", "completed") for r in results)
+    assert any(r.status == "diverged" for r in results)
+    diverged = next(r for r in results if r.status == "diverged")
+    assert diverged.diverged_at["epoch"] == 1 and "diverged" in diverged.error
+
+
+def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path):
+    args = ["compare", "relu", "sigmoid", "--seeds", "3", "--set", "device=cpu", "--set", "data.dataset=synthetic",
+            "--set", "data.train_subset=1000", "--set", "train.epochs=1", "--runs-dir", str(tmp_path), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "engine batched: 2 stacked group(s) (3 + 3 runs)" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["engine"].startswith("batched") and all(len(v["finals"]) == 3 for v in summary["variants"])
+    sequential = runner.invoke(app, [*args[:-3], "--runs-dir", str(tmp_path / "seq"), "--json", "--engine", "sequential"])
+    assert "engine sequential: 6 runs one by one" in sequential.stderr
+    same = json.loads(sequential.stdout)
+    for a, b in zip(summary["variants"], same["variants"]):
+        for seed in a["finals"]:
+            assert a["finals"][seed]["test_acc"] == pytest.approx(b["finals"][seed]["test_acc"], abs=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_training_on_cuda_matches_sequential_without_dropout():
+    device = torch.device("cuda")
+    configs = [config(seed, batchnorm=True).model_copy(update={"device": "cuda"}) for seed in (1, 2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
+    sequential = [train(c, data, device, Observer()) for c in configs]
+    batched = train_batched(configs, data, device, Observer())
+    for one, together in zip(sequential, batched):
+        assert together.status == "completed"
+        for a, b in zip(numbers(one), numbers(together)):
+            assert b == pytest.approx(a, rel=1e-2, abs=5e-3)  # TF32/cuBLAS algorithms differ between bmm and addmm
