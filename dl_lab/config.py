@@ -133,6 +133,8 @@ class TrainConfig(Section):
     eval_train: bool = Field(False, description="also evaluate the training split in eval mode each epoch "
                                                 "(train_eval_loss, train_eval_acc in metrics.csv)")
     diagnostics: bool = Field(True, description="per-layer gradient/activation diagnostics on a probe batch each epoch")
+    cuda_graphs: bool = Field(False, description="capture the training step as a CUDA graph and replay it per batch "
+                                                 "(CUDA only, full batches only; ignored elsewhere)")
     tf32: bool = Field(False, description="allow TF32 matmuls on CUDA (faster, ~1e-3 relative precision; no effect on CPU)")
 
 

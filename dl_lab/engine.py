@@ -18,6 +18,7 @@ from torch import nn
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, Diagnostics, probe
+from dl_lab.graphs import GraphedSteps
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
@@ -221,10 +222,12 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
                 observer.pretrain_epoch_done(record)
 
             pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
-        optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device)
+        graphed = uses_cuda_graphs(config, device, plan)
+        optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device, graphed)
+        steps = GraphedSteps(model, optimizer, loss_fn, data.train, plan.steps, plan.batch_size) if graphed else None
         for epoch in range(1, config.train.epochs + 1):
             start = time.perf_counter()
-            sums = [*train_epoch(model, optimizer, loss_fn, data.train, plan, generators.order, epoch, observer),
+            sums = [*train_epoch(model, optimizer, loss_fn, data.train, plan, generators.order, epoch, observer, steps),
                     *evaluate(model, loss_fn, data.test)]
             if config.train.eval_train:
                 sums += evaluate(model, loss_fn, data.train)
@@ -251,9 +254,15 @@ def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: D
                         values[3] / len(data.test), time.perf_counter() - start, *train_eval, diagnostics)
 
 
+def uses_cuda_graphs(config: ExperimentConfig, device: torch.device, plan: BatchPlan) -> bool:
+    """train.cuda_graphs applies on CUDA when every batch is full (a graph has fixed shapes)."""
+    return (config.train.cuda_graphs and device.type == "cuda" and plan.steps > 0
+            and plan.samples == plan.steps * plan.batch_size)
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
                 plan: BatchPlan, order: torch.Generator, epoch: int,
-                observer: Observer) -> tuple[torch.Tensor, torch.Tensor]:
+                observer: Observer, graphed: GraphedSteps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over shuffled index slices; returns (summed loss, correct count) as device tensors.
 
     Each step's loss goes into a device buffer; every DIVERGENCE_CHECK_STEPS steps (and at the end) the
@@ -263,6 +272,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
     model.train()
     device = split.x.device
     permutation = torch.randperm(len(split), generator=order).to(device, non_blocking=True)
+    if graphed is not None:
+        return _graphed_epoch(graphed, permutation, plan, epoch, observer)
     losses = torch.zeros(plan.steps, device=device)
     correct = torch.zeros((), device=device)
     seen = checked = 0
@@ -286,6 +297,20 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
     if plan.steps and plan.samples != plan.steps * plan.batch_size:
         loss_sum += losses[-1] * (plan.samples - plan.steps * plan.batch_size)
     return loss_sum, correct
+
+
+def _graphed_epoch(graphed: GraphedSteps, permutation: torch.Tensor, plan: BatchPlan, epoch: int,
+                   observer: Observer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same epoch as train_epoch, one graph replay per batch (see graphs.py)."""
+    graphed.start_epoch(permutation)
+    checked = 0
+    for step in range(plan.steps):
+        graphed.replay()
+        observer.step_done(epoch, step + 1, graphed.losses[:step + 1], (step + 1) * plan.batch_size)
+        if step + 1 - checked == DIVERGENCE_CHECK_STEPS or step + 1 == plan.steps:
+            _check_finite(graphed.losses, checked, step + 1, epoch)
+            checked = step + 1
+    return graphed.losses.sum() * plan.batch_size, graphed.correct.clone()
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from dl_lab.config import OptimizerConfig
 
-OptimizerBuilder = Callable[[Iterable["torch.nn.Parameter"], "OptimizerConfig", "torch.device"], "torch.optim.Optimizer"]
+OptimizerBuilder = Callable[..., "torch.optim.Optimizer"]  # (params, OptimizerConfig, device, capturable=False)
 OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
 
 # Config keys that map one-to-one onto torch.optim keyword arguments.
@@ -23,7 +23,11 @@ _TORCH_NAMES = {"lr": "lr", "weight_decay": "weight_decay", "momentum": "momentu
 def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
     """Build torch.optim.<class_name> from the keys the registry entry says it reads."""
 
-    def build(params: Iterable["torch.nn.Parameter"], cfg: "OptimizerConfig", device: "torch.device"):
+    def build(params: Iterable["torch.nn.Parameter"], cfg: "OptimizerConfig", device: "torch.device",
+              capturable: bool = False):
+        """``capturable``: keep all optimizer state on the device so step() can be captured in a CUDA graph."""
+        import inspect
+
         import torch
 
         used = OPTIMIZERS[cfg.name].params
@@ -33,6 +37,8 @@ def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
             if value is not None:  # None: keep torch's own default (eps differs per optimizer)
                 kwargs[_TORCH_NAMES[key]] = tuple(value) if isinstance(value, (list, tuple)) else value
         cls = getattr(torch.optim, class_name)
+        if capturable and "capturable" in inspect.signature(cls).parameters:
+            kwargs["capturable"] = True  # (SGD has no such flag: its state is plain device tensors)
         params = list(params)
         if fused:
             # The fused kernel updates all parameters in one pass (CPU and CUDA): same maths, less overhead.

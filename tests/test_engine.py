@@ -148,3 +148,18 @@ def test_eval_train_adds_an_eval_mode_pass_over_the_training_split():
     plain = train(make_config(model={"dropout": 0.5}), dataset(config), CPU, Observer())
     assert plain.final.train_eval_loss is None
     assert [m.test_acc for m in plain.history] == [m.test_acc for m in result.history]  # same training either way
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("optimizer", [{"name": "adam"}, {"name": "sgd", "lr": 0.05, "momentum": 0.9}])
+def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
+    device = torch.device("cuda")
+    config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True})
+    data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), device)
+    eager = train(config, data, device, Quiet())
+    graphed_config = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graphs": True})})
+    graphed = train(graphed_config, data, device, Quiet())
+    assert graphed.status == "completed", graphed.error
+    for a, b in zip(eager.history, graphed.history):
+        assert (b.train_loss, b.test_loss) == pytest.approx((a.train_loss, a.test_loss), rel=1e-2)
+        assert b.test_acc == pytest.approx(a.test_acc, abs=5e-3)
