@@ -243,7 +243,7 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
 
 def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan, observer,
                   histories, status, errors, diverged_at) -> None:
-    count, device = len(configs), data.train.x.device
+    count = len(configs)
     loss_fn = nn.CrossEntropyLoss()
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     for epoch in range(1, configs[0].train.epochs + 1):

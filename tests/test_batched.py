@@ -39,7 +39,7 @@ def test_batched_training_matches_sequential_training_run_by_run(model):
     sequential = [train(c, data, CPU, Observer()) for c in configs]
     batched = train_batched(configs, data, CPU, Observer())
     assert [r.status for r in batched] == ["completed"] * 3
-    for one, together in zip(sequential, batched):
+    for one, together in zip(sequential, batched, strict=True):
         assert_same_training(one, together)
     assert numbers(batched[0]) != numbers(batched[1])  # the seeds really differ
 
@@ -47,7 +47,7 @@ def test_batched_training_matches_sequential_training_run_by_run(model):
 def assert_same_training(one, together) -> None:
     """Equal up to float rounding (bmm vs addmm sum in another order): losses to 1e-3 relative,
     accuracies to one sample in a thousand (a test image on the decision boundary may flip)."""
-    for a, b in zip(numbers(one), numbers(together)):
+    for a, b in zip(numbers(one), numbers(together), strict=True):
         assert (b[0], b[2]) == pytest.approx((a[0], a[2]), rel=1e-3)
         assert (b[1], b[3]) == pytest.approx((a[1], a[3]), abs=1.5e-3)
 
@@ -70,7 +70,7 @@ def test_engine_falls_back_to_sequential_for_lone_runs_and_keeps_order():
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
     batched = BatchedEngine().run(configs, data, CPU, Observer())
     sequential = SequentialEngine().run(configs, data, CPU, Observer())
-    for a, b in zip(sequential, batched):
+    for a, b in zip(sequential, batched, strict=True):
         assert_same_training(a, b)
 
 
@@ -97,7 +97,7 @@ def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path
     sequential = runner.invoke(app, [*args[:-3], "--runs-dir", str(tmp_path / "seq"), "--json", "--engine", "sequential"])
     assert "engine sequential: 6 runs one by one" in sequential.stderr
     same = json.loads(sequential.stdout)
-    for a, b in zip(summary["variants"], same["variants"]):
+    for a, b in zip(summary["variants"], same["variants"], strict=True):
         for seed in a["finals"]:
             assert a["finals"][seed]["test_acc"] == pytest.approx(b["finals"][seed]["test_acc"], abs=2e-3)
 
@@ -109,7 +109,7 @@ def test_batched_training_on_cuda_matches_sequential_without_dropout():
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
     sequential = [train(c, data, device, Observer()) for c in configs]
     batched = train_batched(configs, data, device, Observer())
-    for one, together in zip(sequential, batched):
+    for one, together in zip(sequential, batched, strict=True):
         assert together.status == "completed"
-        for a, b in zip(numbers(one), numbers(together)):
+        for a, b in zip(numbers(one), numbers(together), strict=True):
             assert b == pytest.approx(a, rel=1e-2, abs=5e-3)  # TF32/cuBLAS algorithms differ between bmm and addmm

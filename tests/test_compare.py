@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import pytest
-import yaml
 
 from conftest import needs_mnist
 from dl_lab.cli import app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from dl_lab.config import BatchNormConfig
 from dl_lab.config_loader import load_config, preset_names
@@ -149,5 +150,5 @@ def test_missing_file_names_where_it_looked_and_suggests_a_preset(tmp_path, monk
 
 def test_config_is_frozen(write_config):
     config = load_config(str(write_config({}))).config
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.seed = 3  # type: ignore[misc]

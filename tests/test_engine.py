@@ -160,6 +160,6 @@ def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
     graphed_config = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graphs": True})})
     graphed = train(graphed_config, data, device, Quiet())
     assert graphed.status == "completed", graphed.error
-    for a, b in zip(eager.history, graphed.history):
+    for a, b in zip(eager.history, graphed.history, strict=True):
         assert (b.train_loss, b.test_loss) == pytest.approx((a.train_loss, a.test_loss), rel=1e-2)
         assert b.test_acc == pytest.approx(a.test_acc, abs=5e-3)
