@@ -26,9 +26,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
     args = parser.parse_args()
+    extra = ["train.cuda_graphs=true"] if args.cuda_graphs else []
     configs = [load_config(name, [f"train.epochs={args.epochs}", f"device={args.device}", f"seed={777 + i}",
-                                  "model.init=xavier_uniform"]).config
+                                  "model.init=xavier_uniform", *extra]).config
                for name in ("relu", "sigmoid") for i in range(args.seeds)]
     device = resolve_device(configs[0].device)
     data = load_dataset(configs[0].data, resolve_data_root(None, os.environ), device)
@@ -40,12 +42,14 @@ def main() -> None:
             start = time.perf_counter()
             results = engine.run(configs, data, device, Observer())
             times[name].append(time.perf_counter() - start)
-            assert all(r.status == "completed" for r in results), [r.status for r in results]
+            failed = [r.error for r in results if r.status != "completed"]
+            if failed:
+                raise SystemExit(f"{name}: {len(failed)} run(s) did not complete: {failed[0]}")
     sequential, batched = statistics.median(times["sequential"]), statistics.median(times["batched"])
     samples = len(configs) * args.epochs * results[0].plan.samples
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}")
     print(f"sequential engine: {sequential:.2f} s  ({samples / sequential:,.0f} samples/s)")
     print(f"batched engine:    {batched:.2f} s  ({samples / batched:,.0f} samples/s)")
     print(f"batched / sequential: {batched / sequential:.2f}")

@@ -29,7 +29,8 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, probe
 from dl_lab.engine import (DIVERGED_LOSS, EVAL_BATCH_SIZE, BatchPlan, EpochMetrics, Observer, TrainResult,
-                           configure_math, seed_everything, train)
+                           configure_math, run_graphed_epoch, seed_everything, train, uses_cuda_graphs)
+from dl_lab.graphs import GraphedSteps
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
@@ -221,9 +222,12 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
             stream.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
             dropout_streams.append(stream)
         stack = _stack(models, [c.model.dropout for c in configs], device)
-        optimizer = OPTIMIZERS[configs[0].optimizer.name].build(stack.parameters(), configs[0].optimizer, device)
+        # Per-model dropout generators are not registered with CUDA graphs: stacks with dropout run eagerly.
+        graphs = uses_cuda_graphs(configs[0], device, plan) and not any(op[0] == "dropout" for op in stack.ops)
+        optimizer = OPTIMIZERS[configs[0].optimizer.name].build(stack.parameters(), configs[0].optimizer, device, graphs)
+        graphed = _graph(stack, optimizer, data.train, plan, count) if graphs else None
         _train_epochs(configs, data, stack, optimizer, models, orders, dropout_streams, plan, observer,
-                      histories, status, errors, diverged_at)
+                      histories, status, errors, diverged_at, graphed)
     except KeyboardInterrupt:
         status = ["interrupted" if s == "completed" else s for s in status]
     except Exception:
@@ -242,13 +246,13 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
 
 
 def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan, observer,
-                  histories, status, errors, diverged_at) -> None:
+                  histories, status, errors, diverged_at, graphed: GraphedSteps | None) -> None:
     count = len(configs)
     loss_fn = nn.CrossEntropyLoss()
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     for epoch in range(1, configs[0].train.epochs + 1):
         start = time.perf_counter()
-        losses, correct = _train_epoch(stack, optimizer, data.train, plan, orders, streams, epoch, observer)
+        losses, correct = _train_epoch(stack, optimizer, data.train, plan, orders, streams, epoch, observer, graphed)
         # Divergence per model: a run that diverged stops recording; its slice of the stack no longer matters.
         bad = ~torch.isfinite(losses) | (losses > DIVERGED_LOSS)
         sums = [_per_sample_sum(losses, plan), correct, *_evaluate(stack, data.test, count)]
@@ -290,9 +294,31 @@ def _per_sample_sum(losses: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
     return total
 
 
-def _train_epoch(stack, optimizer, split: Split, plan: BatchPlan, orders, streams, epoch: int, observer: Observer):
+def _graph(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan, count: int) -> GraphedSteps:
+    """Capture the stacked training step (see graphs.py); a table row holds every model's batch."""
+    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = split.x.index_select(0, index).view(count, plan.batch_size, -1)
+        targets = split.y.index_select(0, index).view(count, plan.batch_size)
+        logits = _forward(stack, inputs, True, [])
+        per_model = F.cross_entropy(logits.reshape(count * plan.batch_size, -1), targets.reshape(-1),
+                                    reduction="none").view(count, plan.batch_size).mean(1)
+        per_model.sum().backward()
+        optimizer.step()
+        return per_model, (logits.detach().argmax(2) == targets).sum(1)
+
+    state = [*stack.parameters(), *(norm[name] for norm in stack.bn for name in ("running_mean", "running_var"))]
+    return GraphedSteps(body, state, optimizer, plan.steps, count * plan.batch_size, (count,), split.x.device)
+
+
+def _train_epoch(stack, optimizer, split: Split, plan: BatchPlan, orders, streams, epoch: int, observer: Observer,
+                 graphed: GraphedSteps | None = None):
     count, device = len(orders), split.x.device
     permutations = torch.stack([torch.randperm(len(split), generator=g) for g in orders]).to(device, non_blocking=True)
+    if graphed is not None:
+        used = permutations[:, :plan.steps * plan.batch_size].view(count, plan.steps, plan.batch_size)
+        table = used.transpose(0, 1).reshape(plan.steps, count * plan.batch_size)
+        losses = run_graphed_epoch(graphed, table, plan, epoch, observer, check=False)
+        return losses.clone(), graphed.correct.clone()
     losses = torch.zeros(plan.steps, count, device=device)
     correct = torch.zeros(count, device=device)
     seen = 0

@@ -224,7 +224,7 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
             pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
         graphed = uses_cuda_graphs(config, device, plan)
         optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device, graphed)
-        steps = GraphedSteps(model, optimizer, loss_fn, data.train, plan.steps, plan.batch_size) if graphed else None
+        steps = graph_steps(model, optimizer, loss_fn, data.train, plan) if graphed else None
         for epoch in range(1, config.train.epochs + 1):
             start = time.perf_counter()
             sums = [*train_epoch(model, optimizer, loss_fn, data.train, plan, generators.order, epoch, observer, steps),
@@ -273,7 +273,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
     device = split.x.device
     permutation = torch.randperm(len(split), generator=order).to(device, non_blocking=True)
     if graphed is not None:
-        return _graphed_epoch(graphed, permutation, plan, epoch, observer)
+        table = permutation[:plan.steps * plan.batch_size].view(plan.steps, plan.batch_size)
+        losses = run_graphed_epoch(graphed, table, plan, epoch, observer)
+        return losses.sum() * plan.batch_size, graphed.correct.clone()
     losses = torch.zeros(plan.steps, device=device)
     correct = torch.zeros((), device=device)
     seen = checked = 0
@@ -299,18 +301,36 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
     return loss_sum, correct
 
 
-def _graphed_epoch(graphed: GraphedSteps, permutation: torch.Tensor, plan: BatchPlan, epoch: int,
-                   observer: Observer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same epoch as train_epoch, one graph replay per batch (see graphs.py)."""
-    graphed.start_epoch(permutation)
+def graph_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
+                plan: BatchPlan) -> GraphedSteps:
+    """Capture train_epoch's step for one model (see graphs.py)."""
+    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
+        logits = model(inputs)
+        loss = loss_fn(logits, targets)
+        loss.backward()
+        optimizer.step()
+        return loss, (logits.detach().argmax(1) == targets).sum()
+
+    state = [*model.parameters(), *model.buffers()]
+    return GraphedSteps(body, state, optimizer, plan.steps, plan.batch_size, (), split.x.device)
+
+
+def run_graphed_epoch(graphed: GraphedSteps, table: torch.Tensor, plan: BatchPlan, epoch: int,
+                      observer: Observer, check: bool = True) -> torch.Tensor:
+    """Replay the captured steps over one epoch; returns the per-step losses.
+
+    With ``check`` the losses are checked for divergence every DIVERGENCE_CHECK_STEPS steps (a stack
+    of models checks per model at the end of the epoch instead)."""
+    graphed.start_epoch(table)
     checked = 0
-    for step in range(plan.steps):
+    for done in range(graphed.per_replay, plan.steps + 1, graphed.per_replay):
         graphed.replay()
-        observer.step_done(epoch, step + 1, graphed.losses[:step + 1], (step + 1) * plan.batch_size)
-        if step + 1 - checked == DIVERGENCE_CHECK_STEPS or step + 1 == plan.steps:
-            _check_finite(graphed.losses, checked, step + 1, epoch)
-            checked = step + 1
-    return graphed.losses.sum() * plan.batch_size, graphed.correct.clone()
+        observer.step_done(epoch, done, graphed.losses[:done], done * plan.batch_size)
+        if check and (done - checked >= DIVERGENCE_CHECK_STEPS or done == plan.steps):
+            _check_finite(graphed.losses, checked, done, epoch)
+            checked = done
+    return graphed.losses
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:

@@ -1,10 +1,10 @@
-"""CUDA graphs for the training step (train.cuda_graphs): one capture, one replay per batch.
+"""CUDA graphs for the training step (train.cuda_graphs): capture once, replay per batch.
 
 A step of a small MLP is dozens of tiny kernels, so on a GPU its time goes to launching them. The
 whole step — gathering the batch by index, forward, loss, backward, optimizer step, recording the
-loss and the correct count — is captured once and replayed for every batch: one launch per step.
-The epoch's shuffled indices are copied into a static (steps, batch) table and a device-side
-counter picks the row, so nothing changes between replays but the data the graph reads.
+loss and the correct count — is captured, several steps in a row, and replayed: one launch per
+several steps. The epoch's shuffled indices are copied into a static (steps, batch) table and a
+device-side counter picks the row, so nothing changes between replays but the data the graph reads.
 
 Capture needs a few warm-up steps; they run on a copy of the state that is then restored (weights,
 batch-norm buffers, optimizer moments), so the run starts from its own initial weights.
@@ -12,61 +12,69 @@ batch-norm buffers, optimizer moments), so the run starts from its own initial w
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Callable, Sequence
 
-from dl_lab.data import Split
+import torch
 
 WARMUP_STEPS = 3
+MAX_STEPS_PER_GRAPH = 25  # several steps per replay: fewer trips through Python per epoch
+
+# (batch indices) -> (loss, correct count), after forward, backward and optimizer.step()
+StepBody = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def steps_per_graph(steps: int) -> int:
+    """The largest divisor of the epoch's step count up to MAX_STEPS_PER_GRAPH (replays cover it exactly)."""
+    return max(k for k in range(1, min(steps, MAX_STEPS_PER_GRAPH) + 1) if steps % k == 0)
 
 
 class GraphedSteps:
-    """A captured training step over ``split``; ``run_epoch`` replays it plan.steps times."""
+    """``per_replay`` captured training steps; an epoch is steps / per_replay replays.
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
-                 steps: int, batch_size: int) -> None:
-        device = split.x.device
-        self.table = torch.zeros(steps, batch_size, dtype=torch.long, device=device)
+    ``body`` trains on one row of the index table and returns the step's loss and correct count
+    (shape ``tail``: () for one model, (M,) for a stack); ``state`` lists every tensor the warm-up
+    changes besides optimizer state (parameters, batch-norm buffers), to be restored after capture.
+    """
+
+    def __init__(self, body: StepBody, state: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+                 steps: int, row_width: int, tail: tuple[int, ...], device: torch.device) -> None:
+        self.per_replay = steps_per_graph(steps)
+        self.table = torch.zeros(steps, row_width, dtype=torch.long, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)
-        self.losses = torch.zeros(steps, device=device)
-        self.correct = torch.zeros((), device=device)
+        self.losses = torch.zeros(steps, *tail, device=device)
+        self.correct = torch.zeros(tail, device=device)
 
         def step() -> None:
-            index = self.table.index_select(0, self.counter).view(-1)
-            inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
-            logits = model(inputs)
-            loss = loss_fn(logits, targets)
-            loss.backward()
-            optimizer.step()
-            self.losses.index_copy_(0, self.counter, loss.detach().view(1))
-            self.correct += (logits.detach().argmax(1) == targets).sum()
+            optimizer.zero_grad(set_to_none=False)  # a kernel in the graph: later steps must not accumulate
+            loss, correct = body(self.table.index_select(0, self.counter).view(-1))
+            self.losses.index_copy_(0, self.counter, loss.detach().view(1, *tail))
+            self.correct += correct
             self.counter += 1
 
-        state = list(model.parameters()) + list(model.buffers())
         snapshot = [t.detach().clone() for t in state]
-        self.table.copy_(torch.arange(steps * batch_size, device=device).view(steps, batch_size) % len(split))
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
             for _ in range(WARMUP_STEPS):
-                optimizer.zero_grad(set_to_none=True)
-                step()
+                self.counter.zero_()
+                step()  # also allocates .grad and the optimizer state the graph will reuse
         torch.cuda.current_stream(device).wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the grads the replays reuse
+        self.counter.zero_()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            step()
+            for _ in range(self.per_replay):
+                step()
         with torch.no_grad():  # undo the warm-up: start from the run's own initial state
-            for tensor, saved in zip(state, snapshot):
+            for tensor, saved in zip(state, snapshot, strict=True):
                 tensor.copy_(saved)
             for values in optimizer.state.values():
                 for value in values.values():
                     if torch.is_tensor(value):
                         value.zero_()  # moments, momentum buffers and step counts start at 0
 
-    def start_epoch(self, permutation: torch.Tensor) -> None:
-        steps, batch = self.table.shape
-        self.table.copy_(permutation[:steps * batch].view(steps, batch))
+    def start_epoch(self, table: torch.Tensor) -> None:
+        """``table``: (steps, row_width) batch indices for this epoch."""
+        self.table.copy_(table)
         self.counter.zero_()
         self.correct.zero_()
 

@@ -113,3 +113,17 @@ def test_batched_training_on_cuda_matches_sequential_without_dropout():
         assert together.status == "completed"
         for a, b in zip(numbers(one), numbers(together), strict=True):
             assert b == pytest.approx(a, rel=1e-2, abs=5e-3)  # TF32/cuBLAS algorithms differ between bmm and addmm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
+    device = torch.device("cuda")
+    configs = [config(seed, batchnorm=True).model_copy(update={"device": "cuda"}) for seed in (1, 2, 3)]
+    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
+    eager = train_batched(configs, data, device, Observer())
+    captured = train_batched(graphed, data, device, Observer())
+    for one, together in zip(eager, captured, strict=True):
+        assert together.status == "completed", together.error
+        for a, b in zip(numbers(one), numbers(together), strict=True):
+            assert b == pytest.approx(a, rel=1e-2, abs=5e-3)
