@@ -29,8 +29,9 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, probe
 from dl_lab.engine import (DIVERGED_LOSS, EVAL_BATCH_SIZE, BatchPlan, EpochMetrics, Observer, TrainResult,
-                           configure_math, run_graphed_epoch, seed_everything, train, uses_cuda_graphs)
-from dl_lab.graphs import GraphedSteps
+                           configure_math, per_sample_sum, run_graphed_epoch, seed_everything, train,
+                           uses_cuda_graphs)
+from dl_lab.graphs import GraphedSteps, StepBody
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
@@ -255,26 +256,30 @@ def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan
         losses, correct = _train_epoch(stack, optimizer, data.train, plan, orders, streams, epoch, observer, graphed)
         # Divergence per model: a run that diverged stops recording; its slice of the stack no longer matters.
         bad = ~torch.isfinite(losses) | (losses > DIVERGED_LOSS)
-        sums = [_per_sample_sum(losses, plan), correct, *_evaluate(stack, data.test, count)]
+        sums = {"train_loss": per_sample_sum(losses, plan), "train_correct": correct}
+        sums["test_loss"], sums["test_correct"] = _evaluate(stack, data.test, count)
         if configs[0].train.eval_train:
-            sums += _evaluate(stack, data.train, count)
-        values = torch.stack([*sums, bad.any(0).float(), bad.float().argmax(0).float()]).tolist()
+            sums["train_eval_loss"], sums["train_eval_correct"] = _evaluate(stack, data.train, count)
+        sums["diverged"], sums["first_bad_step"] = bad.any(0).float(), bad.float().argmax(0).float()
+        # The epoch's one host sync, for every model at once: name -> list over models.
+        values = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True))
         seconds = time.perf_counter() - start
         _unstack_into(stack, models)
         for m, config in enumerate(configs):
             if status[m] != "completed":
                 continue
-            if values[-2][m]:
-                step = int(values[-1][m]) + 1
+            if values["diverged"][m]:
+                step = int(values["first_bad_step"][m]) + 1
                 status[m] = "diverged"
                 errors[m] = f"the training loss diverged (nan, inf or > {DIVERGED_LOSS:.0e}) at epoch {epoch}, step {step}"
                 diverged_at[m] = {"epoch": epoch, "step": step}
                 continue
-            train_eval = (values[4][m] / len(data.train), values[5][m] / len(data.train)) if len(values) > 8 else (None, None)
+            train_eval = ((values["train_eval_loss"][m] / len(data.train), values["train_eval_correct"][m] / len(data.train))
+                          if "train_eval_loss" in values else (None, None))
             diagnostics = probe(models[m], loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
-            metrics = EpochMetrics(epoch, values[0][m] / plan.samples, values[1][m] / plan.samples,
-                                   values[2][m] / len(data.test), values[3][m] / len(data.test), seconds / count,
-                                   *train_eval, diagnostics)
+            metrics = EpochMetrics(epoch, values["train_loss"][m] / plan.samples, values["train_correct"][m] / plan.samples,
+                                   values["test_loss"][m] / len(data.test), values["test_correct"][m] / len(data.test),
+                                   seconds / count, *train_eval, diagnostics)
             histories[m].append(metrics)
             observer.switch_run(config)
             observer.epoch_done(metrics)
@@ -286,28 +291,29 @@ def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan
             observer.run_finished(models[m], data)
 
 
-def _per_sample_sum(losses: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-    """(steps, M) per-step mean losses -> (M,) summed over samples (a partial last batch weighs less)."""
-    total = losses.sum(0) * plan.batch_size
-    if plan.steps and plan.samples != plan.steps * plan.batch_size:
-        total += losses[-1] * (plan.samples - plan.steps * plan.batch_size)
-    return total
+def _stack_step(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, count: int,
+                streams: list[torch.Generator]) -> StepBody:
+    """One optimization step of every model; ``index`` holds model 0's batch, then model 1's, ...
+    Returns the (M,) losses and correct counts. Eager or captured (graphs.py)."""
+    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = index.numel() // count
+        inputs = split.x.index_select(0, index).view(count, batch, -1)
+        targets = split.y.index_select(0, index).view(count, batch)
+        logits = _forward(stack, inputs, True, streams)
+        per_model = F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1),
+                                    reduction="none").view(count, batch).mean(1)
+        per_model.sum().backward()  # the models share no parameters: each gets its own gradient
+        optimizer.step()
+        return per_model.detach(), (logits.detach().argmax(2) == targets).sum(1)
+
+    return body
 
 
 def _graph(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan, count: int) -> GraphedSteps:
-    """Capture the stacked training step (see graphs.py); a table row holds every model's batch."""
-    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = split.x.index_select(0, index).view(count, plan.batch_size, -1)
-        targets = split.y.index_select(0, index).view(count, plan.batch_size)
-        logits = _forward(stack, inputs, True, [])
-        per_model = F.cross_entropy(logits.reshape(count * plan.batch_size, -1), targets.reshape(-1),
-                                    reduction="none").view(count, plan.batch_size).mean(1)
-        per_model.sum().backward()
-        optimizer.step()
-        return per_model, (logits.detach().argmax(2) == targets).sum(1)
-
+    """Capture the stacked training step (stacks without dropout: no generators to replay)."""
     state = [*stack.parameters(), *(norm[name] for norm in stack.bn for name in ("running_mean", "running_var"))]
-    return GraphedSteps(body, state, optimizer, plan.steps, count * plan.batch_size, (count,), split.x.device)
+    return GraphedSteps(_stack_step(stack, optimizer, split, count, []), state, optimizer, plan.steps,
+                        count * plan.batch_size, (count,), split.x.device)
 
 
 def _train_epoch(stack, optimizer, split: Split, plan: BatchPlan, orders, streams, epoch: int, observer: Observer,
@@ -319,22 +325,15 @@ def _train_epoch(stack, optimizer, split: Split, plan: BatchPlan, orders, stream
         table = used.transpose(0, 1).reshape(plan.steps, count * plan.batch_size)
         losses = run_graphed_epoch(graphed, table, plan, epoch, observer, check=False)
         return losses.clone(), graphed.correct.clone()
+    step_on = _stack_step(stack, optimizer, split, count, streams)
     losses = torch.zeros(plan.steps, count, device=device)
     correct = torch.zeros(count, device=device)
     seen = 0
     for step in range(plan.steps):
         index = permutations[:, step * plan.batch_size:(step + 1) * plan.batch_size]
-        batch = index.shape[1]
-        inputs = split.x.index_select(0, index.reshape(-1)).view(count, batch, -1)
-        targets = split.y.index_select(0, index.reshape(-1)).view(count, batch)
-        logits = _forward(stack, inputs, True, streams)
-        per_model = F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1),
-                                    reduction="none").view(count, batch).mean(1)
         optimizer.zero_grad(set_to_none=True)
-        per_model.sum().backward()  # the models share no parameters: each gets its own gradient
-        optimizer.step()
-        seen += batch
-        losses[step] = per_model.detach()
-        correct += (logits.detach().argmax(2) == targets).sum(1)
+        losses[step], hits = step_on(index.reshape(-1))
+        correct += hits
+        seen += index.shape[1]
         observer.step_done(epoch, step + 1, losses[:step + 1], seen)
     return losses, correct

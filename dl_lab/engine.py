@@ -20,7 +20,7 @@ from torch import nn
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, Diagnostics, probe
-from dl_lab.graphs import GraphedSteps
+from dl_lab.graphs import GraphedSteps, StepBody
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
@@ -277,45 +277,51 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.
     if graphed is not None:
         table = permutation[:plan.steps * plan.batch_size].view(plan.steps, plan.batch_size)
         losses = run_graphed_epoch(graphed, table, plan, epoch, observer)
-        return losses.sum() * plan.batch_size, graphed.correct.clone()
+        return per_sample_sum(losses, plan), graphed.correct.clone()
+    step_on = training_step(model, optimizer, loss_fn, split)
     losses = torch.zeros(plan.steps, device=device)
     correct = torch.zeros((), device=device)
     seen = checked = 0
     for step in range(plan.steps):
         index = permutation[step * plan.batch_size:(step + 1) * plan.batch_size]
-        inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
-        logits = model(inputs)
-        loss = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += min(plan.batch_size, len(split) - step * plan.batch_size)
-        losses[step] = loss.detach()
-        correct += (logits.detach().argmax(1) == targets).sum()
+        losses[step], hits = step_on(index)
+        correct += hits
+        seen += len(index)
         observer.step_done(epoch, step + 1, losses[:step + 1], seen)
         if step + 1 - checked == DIVERGENCE_CHECK_STEPS or step + 1 == plan.steps:
             _check_finite(losses, checked, step + 1, epoch)
             checked = step + 1
-    # Every batch but a partial last one has batch_size samples.
-    loss_sum = losses.sum() * plan.batch_size
-    if plan.steps and plan.samples != plan.steps * plan.batch_size:
-        loss_sum += losses[-1] * (plan.samples - plan.steps * plan.batch_size)
-    return loss_sum, correct
+    return per_sample_sum(losses, plan), correct
 
 
-def graph_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
-                plan: BatchPlan) -> GraphedSteps:
-    """Capture train_epoch's step for one model (see graphs.py)."""
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split) -> StepBody:
+    """One optimization step on the samples at ``index`` -> (loss, correct count); eager or captured."""
     def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
         logits = model(inputs)
         loss = loss_fn(logits, targets)
         loss.backward()
         optimizer.step()
-        return loss, (logits.detach().argmax(1) == targets).sum()
+        return loss.detach(), (logits.detach().argmax(1) == targets).sum()
 
+    return body
+
+
+def per_sample_sum(losses: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+    """Per-step mean losses (steps, ...) -> summed over samples: every batch but a partial last one is full."""
+    total = losses.sum(0) * plan.batch_size
+    if plan.steps and plan.samples != plan.steps * plan.batch_size:
+        total += losses[-1] * (plan.samples - plan.steps * plan.batch_size)
+    return total
+
+
+def graph_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
+                plan: BatchPlan) -> GraphedSteps:
+    """Capture train_epoch's step for one model (see graphs.py)."""
     state = [*model.parameters(), *model.buffers()]
-    return GraphedSteps(body, state, optimizer, plan.steps, plan.batch_size, (), split.x.device)
+    return GraphedSteps(training_step(model, optimizer, loss_fn, split), state, optimizer, plan.steps,
+                        plan.batch_size, (), split.x.device)
 
 
 def run_graphed_epoch(graphed: GraphedSteps, table: torch.Tensor, plan: BatchPlan, epoch: int,
