@@ -10,14 +10,13 @@ import itertools
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import load_config
 from dl_lab.errors import ConfigError
-from dl_lab.runs import dump_json, safe_name, write_atomic
+from dl_lab.runs import create_run_dir, dump_json, safe_name, write_atomic
 
 PLAN_FILE = "plan.json"
 
@@ -137,16 +136,8 @@ def changes_from(baseline: ExperimentConfig, variant: ExperimentConfig) -> str:
 
 def create_compare_dir(runs_root: Path, plan: ComparePlan, options: Mapping[str, Any]) -> Path:
     """runs/compare-<time>-<names>/ with plan.json describing what to train (for --resume)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     names = "-".join(dict.fromkeys(safe_name(v.config.name) for v in plan.variants))[:60]
-    runs_root.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 1000):
-        folder = runs_root / f"compare-{stamp}-{names}{'' if attempt == 1 else f'-{attempt}'}"
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
+    folder = create_run_dir(runs_root, names, prefix="compare-")
     write_atomic(folder / PLAN_FILE, dump_json({**plan.to_dict(), "options": dict(options)}))
     return folder
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from dl_lab.compare import ComparePlan, changes_from, load_plan
 from dl_lab.config import ExperimentConfig
+from dl_lab.config_loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.stats import paired_test, summarize, verdict
 
@@ -92,7 +93,7 @@ def load_loose_runs(folders: Sequence[Path]) -> list[VariantResult]:
             record = read_run(run_folder)
             if record is None:
                 continue
-            config = ExperimentConfig.model_validate(_read_yaml(run_folder / "config.yaml"))
+            config = load_config(str(run_folder / "config.yaml")).config
             key = (config.name, record.summary.get("config_hash", config.experiment_hash()))
             groups.setdefault(key, VariantResult(config.name, config)).runs.append(record)
     labels = [name for name, _ in groups]
@@ -101,12 +102,6 @@ def load_loose_runs(folders: Sequence[Path]) -> list[VariantResult]:
             result.label = f"{name}#{digest[:6]}"
         result.runs.sort(key=lambda r: r.seed)
     return list(groups.values())
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
 
 
 # ---- table -------------------------------------------------------------------------------------

@@ -43,11 +43,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def create_run_dir(runs_root: Path, name: str, timestamp: bool = True) -> Path:
-    """runs/<UTC timestamp>-<name>[-N]; mkdir is atomic, so two runs never share a folder."""
+def create_run_dir(runs_root: Path, name: str, timestamp: bool = True, prefix: str = "") -> Path:
+    """runs/<prefix><UTC timestamp>-<name>[-N]; mkdir is atomic, so two runs never share a folder."""
     runs_root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") if timestamp else ""
-    base = f"{stamp}{safe_name(name)}"
+    base = f"{prefix}{stamp}{safe_name(name)}"
     for attempt in range(1, 10_000):
         candidate = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
         try:

@@ -167,7 +167,7 @@ def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom dl_lab.cli import app\n"
             "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            "for cmd in (['train', '--help'], ['config', 'show', '--help']):\n"
+            "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
             "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

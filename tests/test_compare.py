@@ -92,8 +92,15 @@ def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runne
     assert resumed.exit_code == 1, resumed.output
     assert "FAILS" in resumed.stdout and "0 run(s) trained, 4 kept" in resumed.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
-    assert runner.invoke(app, ["compare", "--resume", str(folder), "--expect", "relu.test_loss < sigmoid.test_loss"]
-                         ).exit_code in (0, 1)
+    # A named metric: with N(0, 1) init ReLU's test loss is far above sigmoid's, so this one fails too.
+    losses = {v["label"]: v["aggregates"]["test_loss_mean"] for v in summary["variants"]}
+    assert losses["relu"] > losses["sigmoid"]
+    by_loss = runner.invoke(app, ["compare", "--resume", str(folder), "--json",
+                                  "--expect", "relu.test_loss < sigmoid.test_loss", "--expect", "relu > sigmoid"])
+    assert by_loss.exit_code == 1
+    checks = json.loads(by_loss.stdout)["expectations"]
+    assert [(c["metric"], c["holds"]) for c in checks] == [("test_loss", False), ("test_acc", True)]
+    assert checks[0]["left"] == pytest.approx(losses["relu"]) and checks[0]["right"] == pytest.approx(losses["sigmoid"])
 
 
 @pytest.mark.parametrize("args, words", [
@@ -180,9 +187,11 @@ def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tm
             assert runner.invoke(app, args).exit_code == 0
     out = tmp_path / "report"
     result = runner.invoke(app, ["report", str(loose), "--out", str(out), "--json", "--expect", "relu > tanh"])
-    assert result.exit_code in (0, 1), result.output
     summary = json.loads(result.stdout)
-    assert sorted(v["label"] for v in summary["variants"]) == ["relu", "tanh"]
+    means = {v["label"]: v["aggregates"]["test_acc_mean"] for v in summary["variants"]}
+    holds = means["relu"] > means["tanh"]
+    assert summary["expectations"][0]["holds"] is holds and result.exit_code == (0 if holds else 1)
+    assert sorted(means) == ["relu", "tanh"]
     assert all(len(v["finals"]) == 2 for v in summary["variants"])
     assert (out / "table.md").is_file()
     assert runner.invoke(app, ["report", str(tmp_path / "nothing")]).exit_code == 2
