@@ -35,6 +35,12 @@ def _log_if_wide(axis, values: Sequence[float]) -> None:
         axis.set_yscale("log")
 
 
+def _legend(axis) -> None:
+    """A legend where something is labelled (a variant whose runs all failed draws nothing)."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+
+
 def _save(plt, figure, epoch_axes, path: Path) -> None:
     """Integer epoch ticks, grid and legend on each axis, then write the PNG and free the figure."""
     from matplotlib.ticker import MaxNLocator
@@ -42,7 +48,7 @@ def _save(plt, figure, epoch_axes, path: Path) -> None:
     for axis in epoch_axes:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        _legend(axis)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -91,18 +97,20 @@ def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
     """Final test accuracy of every seed (dots) and the mean (bar) per variant."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(6, 1.3 * len(results) + 2), 4.5))
+    labelled = False
     for index, result in enumerate(results):
         finals = result.finals("test_acc")
-        if not finals:
+        if not finals:  # every run of the variant failed or diverged
             continue
         spread = [index + 0.08 * (k - (len(finals) - 1) / 2) for k in range(len(finals))]
-        axis.scatter(spread, finals, zorder=3, label="one seed" if index == 0 else None)
+        axis.scatter(spread, finals, zorder=3, label=None if labelled else "one seed")
         axis.hlines(statistics.fmean(finals), index - 0.3, index + 0.3, color="black", zorder=2,
-                    label="mean" if index == 0 else None)
+                    label=None if labelled else "mean")
+        labelled = True
     axis.set_xticks(range(len(results)), [r.label for r in results], rotation=20, ha="right")
     axis.set(title="Final test accuracy per seed", xlabel="variant", ylabel="final test accuracy")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8)
+    _legend(axis)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

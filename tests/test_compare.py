@@ -139,6 +139,17 @@ def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
     assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.filterwarnings("error")  # plots of a variant without a finished run must not warn
+def test_a_variant_whose_runs_all_diverged_still_gets_tables_and_plots(runner, tmp_path):
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH,
+                               "--set", "optimizer.name=sgd", "--set", "optimizer.lr=50")
+    assert result.exit_code == 3, result.output
+    assert "1 run(s) failed or diverged" in result.stderr and "relu-seed777 (diverged)" in result.stderr
+    assert json.loads((folder / "relu-seed777" / "summary.json").read_text())["status"] == "diverged"
+    assert {"curves.png", "final_accuracy.png", "train_vs_test_loss.png", "table.md"} <= {p.name for p in folder.iterdir()}
+    assert "| relu | baseline | 0 |" in (folder / "table.md").read_text()
+
+
 def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_path):
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", "3", *SYNTH,
