@@ -1,7 +1,9 @@
 """Per-epoch cost of train.diagnostics on the lab's relu preset, measured side by side in one process.
 
-Alternates runs with diagnostics on and off (same seed, same data), and prints the median seconds per
-epoch of each and the ratio. Usage: DLLAB_DATA_DIR=../shared/data python bench/diagnostics_overhead.py
+Alternates runs with diagnostics off, on (the default: a probe after each epoch) and on with
+train.step_grad_norms (gradient norms at every step), same seed and data, and prints the median
+seconds per epoch of each and the overheads; then times the two added parts in isolation (steadier
+than the difference of two noisy medians). Usage: DLLAB_DATA_DIR=../shared/data python bench/diagnostics_overhead.py
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dl_lab.data import load_dataset, resolve_data_root
 from dl_lab.device import device_name, resolve_device
 from dl_lab.diagnostics import PROBE_SIZE, probe
 from dl_lab.engine import Observer, train
-from dl_lab.model import build_mlp
+from dl_lab.model import build_mlp, linear_layers
 
 
 def main() -> None:
@@ -30,13 +32,16 @@ def main() -> None:
     base = load_config("relu", [f"train.epochs={args.epochs}", f"device={args.device}"]).config
     device = resolve_device(base.device)
     data = load_dataset(base.data, resolve_data_root(base.data.root, os.environ), device)
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+    settings = {"off": {"diagnostics": False}, "on": {"diagnostics": True},
+                "on + step_grad_norms": {"diagnostics": True, "step_grad_norms": True}}
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(args.repeats):
-        for diagnostics in (False, True):
-            config = base.model_copy(update={"train": base.train.model_copy(update={"diagnostics": diagnostics})})
+        for name, setting in settings.items():
+            config = base.model_copy(update={"train": base.train.model_copy(update=setting)})
             result = train(config, data, device, Observer())
-            seconds[diagnostics] += [m.seconds for m in result.history[1:]]  # skip the warm-up epoch
-    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+            seconds[name] += [m.seconds for m in result.history[1:]]  # skip the warm-up epoch
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    off = medians["off"]
     # The probe alone, timed in isolation: a steadier number than the difference of two noisy medians.
     model = build_mlp(base.model, data.num_features, data.num_classes).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -46,12 +51,24 @@ def main() -> None:
     for _ in range(20):
         probe(model, loss_fn, x, y, base.model.activation)
     probe_seconds = (time.perf_counter() - start) / 20
+    # What every training step adds: the gradient norm of each Linear weight (engine.training_step).
+    loss_fn(model(data.train.x[:base.data.batch_size]), data.train.y[:base.data.batch_size]).backward()
+    weights = [layer.weight for layer in linear_layers(model)]
+    start = time.perf_counter()
+    for _ in range(2000):
+        torch.stack([w.grad.norm() for w in weights])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    norm_seconds = (time.perf_counter() - start) / 2000
+    steps = result.plan.steps
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"relu preset (784-256-256-10, Adam, batch 100), {args.repeats} x {args.epochs} epochs each, first epoch of each run skipped")
-    print(f"diagnostics off: {off:.3f} s/epoch (median)")
-    print(f"diagnostics on:  {on:.3f} s/epoch (median)")
-    print(f"overhead: {100 * (on / off - 1):+.1f}% (difference of medians; noisy on a shared machine)")
+    for name, median in medians.items():
+        print(f"diagnostics {name}: {median:.3f} s/epoch (median), {100 * (median / off - 1):+.1f}% vs off")
+    print("(differences of medians: noisy on a shared machine)")
     print(f"probe alone: {1000 * probe_seconds:.1f} ms per epoch = {100 * probe_seconds / off:.2f}% of an epoch")
+    print(f"step gradient norms alone: {1e6 * norm_seconds:.1f} us per step x {steps} steps = "
+          f"{1000 * norm_seconds * steps:.1f} ms per epoch = {100 * norm_seconds * steps / off:.2f}% of an epoch")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ other runs go through the sequential engine unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -28,10 +29,10 @@ from torch.nn import functional as F
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, probe
-from dl_lab.engine import (DIVERGED_LOSS, EVAL_BATCH_SIZE, BatchPlan, EpochMetrics, Observer, TrainResult,
+from dl_lab.engine import (EVAL_BATCH_SIZE, BatchPlan, Diverged, EpochMetrics, Observer, TrainResult, bad_steps,
                            configure_math, per_sample_sum, run_graphed_epoch, seed_everything, train,
                            uses_cuda_graphs)
-from dl_lab.graphs import GraphedSteps, StepBody
+from dl_lab.graphs import GraphedSteps, StepBody, StepOut
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
@@ -194,7 +195,7 @@ def _evaluate(stack: _Stack, split: Split, models: int) -> tuple[torch.Tensor, t
 def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
                   observer: Observer) -> list[TrainResult]:
     """Train len(configs) models of one architecture together; one TrainResult per config."""
-    started = time.perf_counter()
+    clock = time.perf_counter()
     count = len(configs)
     models, orders, dropout_streams = [], [], []
     pretraining: list[list[PretrainEpoch]] = [[] for _ in configs]
@@ -226,7 +227,8 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
         # Per-model dropout generators are not registered with CUDA graphs: stacks with dropout run eagerly.
         graphs = uses_cuda_graphs(configs[0], device, plan) and not any(op[0] == "dropout" for op in stack.ops)
         optimizer = OPTIMIZERS[configs[0].optimizer.name].build(stack.parameters(), configs[0].optimizer, device, graphs)
-        graphed = _graph(stack, optimizer, data.train, plan, count) if graphs else None
+        track = configs[0].train.step_grad_norms  # part of the batch key: all runs agree
+        graphed = _graph(stack, optimizer, data.train, plan, count, track) if graphs else None
         _train_epochs(configs, data, stack, optimizer, models, orders, dropout_streams, plan, observer,
                       histories, status, errors, diverged_at, graphed)
     except KeyboardInterrupt:
@@ -234,7 +236,7 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
     except Exception:
         text = traceback.format_exc()
         status, errors = ["failed"] * count, [text] * count
-    seconds = (time.perf_counter() - started) / count  # each run's share of the batch's wall time
+    seconds = (time.perf_counter() - clock) / count  # each run's share of the batch's wall time
     results = []
     for index, config in enumerate(configs):
         parameters = parameter_count(models[index]) if index < len(models) else 0
@@ -248,15 +250,18 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
 
 def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan, observer,
                   histories, status, errors, diverged_at, graphed: GraphedSteps | None) -> None:
-    count = len(configs)
+    count, track = len(configs), configs[0].train.step_grad_norms
     loss_fn = nn.CrossEntropyLoss()
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     for epoch in range(1, configs[0].train.epochs + 1):
         start = time.perf_counter()
-        losses, correct = _train_epoch(stack, optimizer, data.train, plan, orders, streams, epoch, observer, graphed)
+        losses, correct, grad_norms = _train_epoch(stack, optimizer, data.train, plan, orders, streams, epoch, observer,
+                                                   graphed, track)
         # Divergence per model: a run that diverged stops recording; its slice of the stack no longer matters.
-        bad = ~torch.isfinite(losses) | (losses > DIVERGED_LOSS)
+        bad = bad_steps(losses, grad_norms)
         sums = {"train_loss": per_sample_sum(losses, plan), "train_correct": correct}
+        if grad_norms is not None:  # per layer: (M,) means over the epoch's steps
+            sums |= {f"train_grad_norm_{k}": norms for k, norms in enumerate(grad_norms.mean(0).unbind(-1))}
         sums["test_loss"], sums["test_correct"] = _evaluate(stack, data.test, count)
         if configs[0].train.eval_train:
             sums["train_eval_loss"], sums["train_eval_correct"] = _evaluate(stack, data.train, count)
@@ -269,14 +274,18 @@ def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan
             if status[m] != "completed":
                 continue
             if values["diverged"][m]:
-                step = int(values["first_bad_step"][m]) + 1
+                step = int(values["first_bad_step"][m])
+                norms = grad_norms[step, m].tolist() if grad_norms is not None else None  # a sync, on divergence only
                 status[m] = "diverged"
-                errors[m] = f"the training loss diverged (nan, inf or > {DIVERGED_LOSS:.0e}) at epoch {epoch}, step {step}"
-                diverged_at[m] = {"epoch": epoch, "step": step}
+                errors[m] = str(Diverged(epoch, step + 1, losses[step, m].item(), norms))
+                diverged_at[m] = {"epoch": epoch, "step": step + 1}
                 continue
             train_eval = ((values["train_eval_loss"][m] / len(data.train), values["train_eval_correct"][m] / len(data.train))
                           if "train_eval_loss" in values else (None, None))
             diagnostics = probe(models[m], loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
+            if diagnostics is not None and track:
+                diagnostics = dataclasses.replace(
+                    diagnostics, train_grad_norm=tuple(values[f"train_grad_norm_{k}"][m] for k in range(len(stack.weights))))
             metrics = EpochMetrics(epoch, values["train_loss"][m] / plan.samples, values["train_correct"][m] / plan.samples,
                                    values["test_loss"][m] / len(data.test), values["test_correct"][m] / len(data.test),
                                    seconds / count, *train_eval, diagnostics)
@@ -292,10 +301,11 @@ def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan
 
 
 def _stack_step(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, count: int,
-                streams: list[torch.Generator]) -> StepBody:
+                streams: list[torch.Generator], track_grads: bool) -> StepBody:
     """One optimization step of every model; ``index`` holds model 0's batch, then model 1's, ...
-    Returns the (M,) losses and correct counts. Eager or captured (graphs.py)."""
-    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    Returns the (M,) losses and correct counts, and with ``track_grads`` the (M, K) gradient norms
+    of the Linear weights. Eager or captured (graphs.py)."""
+    def body(index: torch.Tensor) -> StepOut:
         batch = index.numel() // count
         inputs = split.x.index_select(0, index).view(count, batch, -1)
         targets = split.y.index_select(0, index).view(count, batch)
@@ -303,37 +313,45 @@ def _stack_step(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, c
         per_model = F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1),
                                     reduction="none").view(count, batch).mean(1)
         per_model.sum().backward()  # the models share no parameters: each gets its own gradient
+        grad_norm = torch.stack([w.grad.flatten(1).norm(dim=1) for w in stack.weights], dim=1) if track_grads else None
         optimizer.step()
-        return per_model.detach(), (logits.detach().argmax(2) == targets).sum(1)
+        return StepOut(per_model.detach(), (logits.detach().argmax(2) == targets).sum(1), grad_norm)
 
     return body
 
 
-def _graph(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan, count: int) -> GraphedSteps:
+def _graph(stack: _Stack, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan, count: int,
+           track_grads: bool) -> GraphedSteps:
     """Capture the stacked training step (stacks without dropout: no generators to replay)."""
     state = [*stack.parameters(), *(norm[name] for norm in stack.bn for name in ("running_mean", "running_var"))]
-    return GraphedSteps(_stack_step(stack, optimizer, split, count, []), state, optimizer, plan.steps,
-                        count * plan.batch_size, (count,), split.x.device)
+    return GraphedSteps(_stack_step(stack, optimizer, split, count, [], track_grads), state, optimizer, plan.steps,
+                        count * plan.batch_size, (count,), split.x.device, len(stack.weights) if track_grads else 0)
 
 
 def _train_epoch(stack, optimizer, split: Split, plan: BatchPlan, orders, streams, epoch: int, observer: Observer,
-                 graphed: GraphedSteps | None = None):
+                 graphed: GraphedSteps | None, track_grads: bool):
+    """One epoch of every model -> (steps, M) losses, (M,) correct counts, (steps, M, K) gradient norms or None."""
     count, device = len(orders), split.x.device
     permutations = torch.stack([torch.randperm(len(split), generator=g) for g in orders]).to(device, non_blocking=True)
     if graphed is not None:
         used = permutations[:, :plan.steps * plan.batch_size].view(count, plan.steps, plan.batch_size)
         table = used.transpose(0, 1).reshape(plan.steps, count * plan.batch_size)
         losses = run_graphed_epoch(graphed, table, plan, epoch, observer, check=False)
-        return losses.clone(), graphed.correct.clone()
-    step_on = _stack_step(stack, optimizer, split, count, streams)
+        norms = graphed.grad_norms.clone() if graphed.grad_norms is not None else None
+        return losses.clone(), graphed.correct.clone(), norms
+    step_on = _stack_step(stack, optimizer, split, count, streams, track_grads)
     losses = torch.zeros(plan.steps, count, device=device)
+    norms = torch.zeros(plan.steps, count, len(stack.weights), device=device) if track_grads else None
     correct = torch.zeros(count, device=device)
     seen = 0
     for step in range(plan.steps):
         index = permutations[:, step * plan.batch_size:(step + 1) * plan.batch_size]
         optimizer.zero_grad(set_to_none=True)
-        losses[step], hits = step_on(index.reshape(-1))
-        correct += hits
+        out = step_on(index.reshape(-1))
+        losses[step] = out.loss
+        if norms is not None:
+            norms[step] = out.grad_norm
+        correct += out.correct
         seen += index.shape[1]
         observer.step_done(epoch, step + 1, losses[:step + 1], seen)
-    return losses, correct
+    return losses, correct, norms

@@ -1,7 +1,8 @@
 """Training-dynamics diagnostics, measured once per epoch on a fixed probe batch (so they stay cheap).
 
 Per Linear layer (input to output): the gradient norm of its weight on the probe batch and the
-weight norm. Per hidden layer: the mean and std of the activation outputs, the fraction of saturated
+weight norm; besides, the engines average each layer's gradient norm over the epoch's training steps
+(train mode, measured on the device inside the step, read once per epoch). Per hidden layer: the mean and std of the activation outputs, the fraction of saturated
 outputs (sigmoid/tanh within 0.02 of a limit), the fraction of dead units (output exactly 0 for every
 probe sample, i.e. dead ReLUs), the fraction of symmetric units (a unit whose incoming weights and
 bias equal another unit's: they compute the same thing and get the same gradient forever), and a
@@ -44,6 +45,7 @@ class Diagnostics:
     dead_fraction: tuple[float, ...]
     symmetric_fraction: tuple[float, ...]
     histograms: tuple[dict[str, Any], ...]  # per hidden layer: {"edges": [lo, hi], "counts": [...]}
+    train_grad_norm: tuple[float, ...] = ()  # per Linear layer: mean over the epoch's training steps
 
     @property
     def gradient_ratio(self) -> float | None:
@@ -55,7 +57,8 @@ class Diagnostics:
     def columns(self) -> dict[str, float]:
         """Flat, named per-layer columns for metrics.csv (layer numbers start at 1)."""
         out: dict[str, float] = {}
-        for prefix, values in [("grad_norm", self.grad_norm), ("weight_norm", self.weight_norm),
+        for prefix, values in [("grad_norm", self.grad_norm), ("train_grad_norm", self.train_grad_norm),
+                               ("weight_norm", self.weight_norm),
                                ("act_mean_h", self.activation_mean), ("act_std_h", self.activation_std),
                                ("saturated_h", self.saturated_fraction), ("dead_h", self.dead_fraction),
                                ("symmetric_h", self.symmetric_fraction)]:
@@ -65,6 +68,7 @@ class Diagnostics:
 
     def summary(self) -> dict[str, Any]:
         return {"grad_norm": list(self.grad_norm), "gradient_ratio_first_last": self.gradient_ratio,
+                "train_grad_norm": list(self.train_grad_norm),
                 "weight_norm": list(self.weight_norm), "activation_mean": list(self.activation_mean),
                 "activation_std": list(self.activation_std), "saturated_fraction": list(self.saturated_fraction),
                 "dead_fraction": list(self.dead_fraction), "symmetric_fraction": list(self.symmetric_fraction),

@@ -1,13 +1,15 @@
 """Training and evaluation. Returns data; writing files and drawing the terminal happen elsewhere.
 
 Speed rules kept here: the dataset already sits on the device, batches are index slices of it,
-loss and accuracy accumulate on the device, and the host reads them once per epoch (plus a glance
-at the loss buffer every DIVERGENCE_CHECK_STEPS steps to stop a diverging run). With
-train.cuda_graphs the step itself is a replayed CUDA graph (graphs.py).
+loss and accuracy (and, with diagnostics, each layer's gradient norm) accumulate on the device, and
+the host reads them once per epoch (plus a glance at the step buffers every DIVERGENCE_CHECK_STEPS
+steps to stop a diverging run). With train.cuda_graphs the step itself is a replayed CUDA graph
+(graphs.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import traceback
@@ -20,8 +22,8 @@ from torch import nn
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, Diagnostics, probe
-from dl_lab.graphs import GraphedSteps, StepBody
-from dl_lab.model import build_mlp, has_batchnorm, parameter_count
+from dl_lab.graphs import GraphedSteps, StepBody, StepOut
+from dl_lab.model import build_mlp, has_batchnorm, linear_layers, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
 
@@ -34,12 +36,29 @@ DIVERGED_LOSS = 1e8
 
 
 class Diverged(Exception):
-    """The training loss became non-finite (nan or inf) or exceeded DIVERGED_LOSS."""
+    """The training loss became non-finite (nan or inf) or exceeded DIVERGED_LOSS, or a gradient
+    became non-finite (seen at its own step with train.step_grad_norms; otherwise in the next step's loss)."""
 
-    def __init__(self, epoch: int, step: int, loss: float) -> None:
-        what = f"became {loss}" if not math.isfinite(loss) else f"reached {loss:.3g} (limit {DIVERGED_LOSS:.0e})"
-        super().__init__(f"the training loss {what} at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, step: int, loss: float, grad_norm: Sequence[float] | None = None) -> None:
+        super().__init__(f"{_divergence(loss, grad_norm)} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def _divergence(loss: float, grad_norm: Sequence[float] | None) -> str:
+    if not math.isfinite(loss):
+        return f"the training loss became {loss}"
+    if loss > DIVERGED_LOSS:
+        return f"the training loss reached {loss:.3g} (limit {DIVERGED_LOSS:.0e})"
+    layer, norm = next(((i, g) for i, g in enumerate(grad_norm or (), start=1) if not math.isfinite(g)), (0, math.nan))
+    return f"the gradient norm of layer {layer} became {norm} (loss {loss:.4g})"
+
+
+def bad_steps(losses: torch.Tensor, grad_norms: torch.Tensor | None) -> torch.Tensor:
+    """Per step (and model): did it diverge? ``losses`` (steps, ...), ``grad_norms`` (steps, ..., K)."""
+    bad = ~torch.isfinite(losses) | (losses > DIVERGED_LOSS)
+    if grad_norms is not None:
+        bad |= ~torch.isfinite(grad_norms).all(-1)
+    return bad
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,7 @@ class EpochMetrics:
     seconds: float  # wall time of the epoch: training and evaluation
     train_eval_loss: float | None = None  # train.eval_train: the training split in eval mode
     train_eval_acc: float | None = None
-    diagnostics: Diagnostics | None = None  # train.diagnostics: probe-batch measurements after the epoch
+    diagnostics: Diagnostics | None = None  # train.diagnostics: probe-batch measurements and step gradient norms
 
     def as_dict(self) -> dict[str, float | None]:
         """The scalar metrics, then the diagnostics as named per-layer columns (metrics.csv rows)."""
@@ -226,15 +245,18 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
             pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
         graphed = uses_cuda_graphs(config, device, plan)
         optimizer = OPTIMIZERS[config.optimizer.name].build(model.parameters(), config.optimizer, device, graphed)
-        steps = graph_steps(model, optimizer, loss_fn, data.train, plan) if graphed else None
+        body = training_step(model, optimizer, loss_fn, data.train, config.train.step_grad_norms)
+        steps = graph_steps(body, model, optimizer, plan, device, config.train.step_grad_norms) if graphed else None
         for epoch in range(1, config.train.epochs + 1):
             start = time.perf_counter()
-            sums = [*train_epoch(model, optimizer, loss_fn, data.train, plan, generators.order, epoch, observer, steps),
-                    *evaluate(model, loss_fn, data.test)]
+            model.train()
+            loss_sum, correct, grad_norms = train_epoch(body, optimizer, data.train, plan, generators.order, epoch,
+                                                        observer, steps)
+            sums = [loss_sum, correct, *evaluate(model, loss_fn, data.test)]
             if config.train.eval_train:
                 sums += evaluate(model, loss_fn, data.train)
             diagnostics = probe(model, loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
-            history.append(epoch_metrics(epoch, sums, plan, data, start, diagnostics))
+            history.append(epoch_metrics(epoch, sums, plan, data, start, diagnostics, grad_norms))
             observer.epoch_done(history[-1])
         observer.run_finished(model, data)
     except Diverged as exc:
@@ -248,9 +270,12 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
 
 
 def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: Dataset, start: float,
-                  diagnostics: Diagnostics | None) -> EpochMetrics:
-    """Turn the epoch's device sums into means (the host sync for the metrics)."""
+                  diagnostics: Diagnostics | None, grad_norms: torch.Tensor | None) -> EpochMetrics:
+    """Turn the epoch's device sums into means (the host sync for the metrics); ``grad_norms``: the
+    (steps, K) per-step gradient norms, averaged into the diagnostics."""
     values = torch.stack(sums).tolist()
+    if diagnostics is not None and grad_norms is not None:
+        diagnostics = dataclasses.replace(diagnostics, train_grad_norm=tuple(grad_norms.mean(0).tolist()))
     train_eval = (values[4] / len(data.train), values[5] / len(data.train)) if len(values) > 4 else (None, None)
     return EpochMetrics(epoch, values[0] / plan.samples, values[1] / plan.samples, values[2] / len(data.test),
                         values[3] / len(data.test), time.perf_counter() - start, *train_eval, diagnostics)
@@ -262,48 +287,58 @@ def uses_cuda_graphs(config: ExperimentConfig, device: torch.device, plan: Batch
             and plan.samples == plan.steps * plan.batch_size)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
-                plan: BatchPlan, order: torch.Generator, epoch: int,
-                observer: Observer, graphed: GraphedSteps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over shuffled index slices; returns (summed loss, correct count) as device tensors.
+def train_epoch(body: StepBody, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan,
+                order: torch.Generator, epoch: int, observer: Observer,
+                graphed: GraphedSteps | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One pass over shuffled index slices (the model must be in train mode); returns the summed loss,
+    the correct count and the (steps, K) per-step gradient norms (None if not tracked), on the device.
 
-    Each step's loss goes into a device buffer; every DIVERGENCE_CHECK_STEPS steps (and at the end) the
-    host checks the new entries for nan/inf (or a loss over DIVERGED_LOSS) and raises Diverged naming
-    the first bad step.
+    Each step's loss (and gradient norms) go into device buffers; every DIVERGENCE_CHECK_STEPS steps
+    (and at the end) the host checks the new entries for nan/inf (or a loss over DIVERGED_LOSS) and
+    raises Diverged naming the first bad step.
     """
-    model.train()
     device = split.x.device
     permutation = torch.randperm(len(split), generator=order).to(device, non_blocking=True)
     if graphed is not None:
         table = permutation[:plan.steps * plan.batch_size].view(plan.steps, plan.batch_size)
         losses = run_graphed_epoch(graphed, table, plan, epoch, observer)
-        return per_sample_sum(losses, plan), graphed.correct.clone()
-    step_on = training_step(model, optimizer, loss_fn, split)
+        norms = graphed.grad_norms.clone() if graphed.grad_norms is not None else None
+        return per_sample_sum(losses, plan), graphed.correct.clone(), norms
     losses = torch.zeros(plan.steps, device=device)
     correct = torch.zeros((), device=device)
+    norms = None
     seen = checked = 0
     for step in range(plan.steps):
         index = permutation[step * plan.batch_size:(step + 1) * plan.batch_size]
         optimizer.zero_grad(set_to_none=True)
-        losses[step], hits = step_on(index)
-        correct += hits
+        out = body(index)
+        losses[step] = out.loss
+        if out.grad_norm is not None:
+            norms = torch.zeros(plan.steps, len(out.grad_norm), device=device) if norms is None else norms
+            norms[step] = out.grad_norm
+        correct += out.correct
         seen += len(index)
         observer.step_done(epoch, step + 1, losses[:step + 1], seen)
         if step + 1 - checked == DIVERGENCE_CHECK_STEPS or step + 1 == plan.steps:
-            _check_finite(losses, checked, step + 1, epoch)
+            _check_finite(losses, norms, checked, step + 1, epoch)
             checked = step + 1
-    return per_sample_sum(losses, plan), correct
+    return per_sample_sum(losses, plan), correct, norms
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split) -> StepBody:
-    """One optimization step on the samples at ``index`` -> (loss, correct count); eager or captured."""
-    def body(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
+                  track_grads: bool) -> StepBody:
+    """One optimization step on the samples at ``index``; eager or captured. With ``track_grads`` it
+    also measures each Linear weight's gradient norm (a few small reductions, no host sync)."""
+    weights = [layer.weight for layer in linear_layers(model)]
+
+    def body(index: torch.Tensor) -> StepOut:
         inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
         logits = model(inputs)
         loss = loss_fn(logits, targets)
         loss.backward()
+        grad_norm = torch.stack([w.grad.norm() for w in weights]) if track_grads else None
         optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == targets).sum()
+        return StepOut(loss.detach(), (logits.detach().argmax(1) == targets).sum(), grad_norm)
 
     return body
 
@@ -316,12 +351,12 @@ def per_sample_sum(losses: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
     return total
 
 
-def graph_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, split: Split,
-                plan: BatchPlan) -> GraphedSteps:
+def graph_steps(body: StepBody, model: nn.Module, optimizer: torch.optim.Optimizer, plan: BatchPlan,
+                device: torch.device, track_grads: bool) -> GraphedSteps:
     """Capture train_epoch's step for one model (see graphs.py)."""
     state = [*model.parameters(), *model.buffers()]
-    return GraphedSteps(training_step(model, optimizer, loss_fn, split), state, optimizer, plan.steps,
-                        plan.batch_size, (), split.x.device)
+    layers = len(linear_layers(model)) if track_grads else 0
+    return GraphedSteps(body, state, optimizer, plan.steps, plan.batch_size, (), device, layers)
 
 
 def run_graphed_epoch(graphed: GraphedSteps, table: torch.Tensor, plan: BatchPlan, epoch: int,
@@ -336,17 +371,16 @@ def run_graphed_epoch(graphed: GraphedSteps, table: torch.Tensor, plan: BatchPla
         graphed.replay()
         observer.step_done(epoch, done, graphed.losses[:done], done * plan.batch_size)
         if check and (done - checked >= DIVERGENCE_CHECK_STEPS or done == plan.steps):
-            _check_finite(graphed.losses, checked, done, epoch)
+            _check_finite(graphed.losses, graphed.grad_norms, checked, done, epoch)
             checked = done
     return graphed.losses
 
 
-def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
-    window = losses[start:stop]
-    bad = ~torch.isfinite(window) | (window > DIVERGED_LOSS)
+def _check_finite(losses: torch.Tensor, grad_norms: torch.Tensor | None, start: int, stop: int, epoch: int) -> None:
+    bad = bad_steps(losses[start:stop], None if grad_norms is None else grad_norms[start:stop])
     if bad.any():  # host sync, once per window
-        first = int(bad.nonzero()[0])
-        raise Diverged(epoch, start + first + 1, window[first].item())
+        step = start + int(bad.nonzero()[0])
+        raise Diverged(epoch, step + 1, losses[step].item(), None if grad_norms is None else grad_norms[step].tolist())
 
 
 @torch.inference_mode()

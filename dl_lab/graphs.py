@@ -12,15 +12,24 @@ batch-norm buffers, optimizer moments), so the run starts from its own initial w
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 WARMUP_STEPS = 3
 MAX_STEPS_PER_GRAPH = 25  # several steps per replay: fewer trips through Python per epoch
 
-# (batch indices) -> (loss, correct count), after forward, backward and optimizer.step()
-StepBody = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+class StepOut(NamedTuple):
+    """What one training step leaves on the device (shapes for one model; a stack of M adds a leading M)."""
+
+    loss: torch.Tensor  # ()
+    correct: torch.Tensor  # ()
+    grad_norm: torch.Tensor | None  # (K,): each Linear weight's gradient norm; None when not tracked
+
+
+# (batch indices) -> StepOut, after forward, backward and optimizer.step()
+StepBody = Callable[[torch.Tensor], StepOut]
 
 
 def steps_per_graph(steps: int) -> int:
@@ -32,23 +41,28 @@ class GraphedSteps:
     """``per_replay`` captured training steps; an epoch is steps / per_replay replays.
 
     ``body`` trains on one row of the index table and returns the step's loss and correct count
-    (shape ``tail``: () for one model, (M,) for a stack); ``state`` lists every tensor the warm-up
-    changes besides optimizer state (parameters, batch-norm buffers), to be restored after capture.
+    (shape ``tail``: () for one model, (M,) for a stack), and with ``grad_layers`` > 0 the gradient
+    norms of that many Linear layers; ``state`` lists every tensor the warm-up changes besides
+    optimizer state (parameters, batch-norm buffers), to be restored after capture.
     """
 
     def __init__(self, body: StepBody, state: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 steps: int, row_width: int, tail: tuple[int, ...], device: torch.device) -> None:
+                 steps: int, row_width: int, tail: tuple[int, ...], device: torch.device,
+                 grad_layers: int = 0) -> None:
         self.per_replay = steps_per_graph(steps)
         self.table = torch.zeros(steps, row_width, dtype=torch.long, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)
         self.losses = torch.zeros(steps, *tail, device=device)
         self.correct = torch.zeros(tail, device=device)
+        self.grad_norms = torch.zeros(steps, *tail, grad_layers, device=device) if grad_layers else None
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=False)  # a kernel in the graph: later steps must not accumulate
-            loss, correct = body(self.table.index_select(0, self.counter).view(-1))
-            self.losses.index_copy_(0, self.counter, loss.detach().view(1, *tail))
-            self.correct += correct
+            out = body(self.table.index_select(0, self.counter).view(-1))
+            self.losses.index_copy_(0, self.counter, out.loss.view(1, *tail))
+            if self.grad_norms is not None:
+                self.grad_norms.index_copy_(0, self.counter, out.grad_norm.view(1, *tail, grad_layers))
+            self.correct += out.correct
             self.counter += 1
 
         snapshot = [t.detach().clone() for t in state]

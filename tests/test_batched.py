@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,11 @@ from dl_lab.engine import Observer, SequentialEngine, train
 CPU = torch.device("cpu")
 
 
-def config(seed: int, **model) -> ExperimentConfig:
+def config(seed: int, step_grad_norms: bool = False, **model) -> ExperimentConfig:
     return ExperimentConfig.model_validate({
         "name": "b", "seed": seed, "device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000},
-        "model": {"hidden": [64, 32], "init": "xavier_uniform", **model}, "train": {"epochs": 2}})
+        "model": {"hidden": [64, 32], "init": "xavier_uniform", **model},
+        "train": {"epochs": 2, "step_grad_norms": step_grad_norms}})
 
 
 def numbers(result) -> list[tuple[float, ...]]:
@@ -34,13 +36,17 @@ def numbers(result) -> list[tuple[float, ...]]:
     {"activation": "sigmoid", "batchnorm": True, "init": "he_uniform"},
 ])
 def test_batched_training_matches_sequential_training_run_by_run(model):
-    configs = [config(seed, **model) for seed in (1, 2, 3)]
+    configs = [config(seed, step_grad_norms=True, **model) for seed in (1, 2, 3)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
     sequential = [train(c, data, CPU, Observer()) for c in configs]
+    clock = time.perf_counter()
     batched = train_batched(configs, data, CPU, Observer())
+    elapsed = time.perf_counter() - clock
     assert [r.status for r in batched] == ["completed"] * 3
+    assert all(0 < r.seconds <= elapsed / 3 for r in batched)  # each run's share of the wall time
     for one, together in zip(sequential, batched, strict=True):
         assert_same_training(one, together)
+        assert len(together.final.diagnostics.train_grad_norm) == 3  # step_grad_norms: one mean per Linear layer
     assert numbers(batched[0]) != numbers(batched[1])  # the seeds really differ
 
 
@@ -50,6 +56,10 @@ def assert_same_training(one, together) -> None:
     for a, b in zip(numbers(one), numbers(together), strict=True):
         assert (b[0], b[2]) == pytest.approx((a[0], a[2]), rel=1e-3)
         assert (b[1], b[3]) == pytest.approx((a[1], a[3]), abs=1.5e-3)
+    for a, b in zip(one.history, together.history, strict=True):  # gradients: rounding grows through backward
+        assert b.diagnostics.grad_norm == pytest.approx(a.diagnostics.grad_norm, rel=1e-2)
+        assert len(b.diagnostics.train_grad_norm) == len(a.diagnostics.train_grad_norm)
+        assert b.diagnostics.train_grad_norm == pytest.approx(a.diagnostics.train_grad_norm, rel=1e-2)
 
 
 def test_runs_differing_in_init_or_dropout_p_batch_together_others_do_not():
@@ -83,7 +93,9 @@ def test_a_diverging_model_does_not_disturb_the_others():
     assert all(r.status in ("diverged", "completed") for r in results)
     assert any(r.status == "diverged" for r in results)
     diverged = next(r for r in results if r.status == "diverged")
-    assert diverged.diverged_at["epoch"] == 1 and "diverged" in diverged.error
+    assert diverged.diverged_at["epoch"] == 1
+    assert f"at epoch 1, step {diverged.diverged_at['step']}" in diverged.error
+    assert "the training loss became nan" in diverged.error or "(limit 1e+08)" in diverged.error
 
 
 def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path):
@@ -118,7 +130,8 @@ def test_batched_training_on_cuda_matches_sequential_without_dropout():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
     device = torch.device("cuda")
-    configs = [config(seed, batchnorm=True).model_copy(update={"device": "cuda"}) for seed in (1, 2, 3)]
+    configs = [config(seed, step_grad_norms=True, batchnorm=True).model_copy(update={"device": "cuda"})
+               for seed in (1, 2, 3)]
     graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
     eager = train_batched(configs, data, device, Observer())
@@ -127,3 +140,6 @@ def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
         assert together.status == "completed", together.error
         for a, b in zip(numbers(one), numbers(together), strict=True):
             assert b == pytest.approx(a, rel=1e-2, abs=5e-3)
+        for a, b in zip(one.history, together.history, strict=True):  # recorded inside the captured steps too
+            assert len(a.diagnostics.train_grad_norm) == 3
+            assert b.diagnostics.train_grad_norm == pytest.approx(a.diagnostics.train_grad_norm, rel=2e-2)

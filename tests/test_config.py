@@ -96,6 +96,8 @@ BAD_INPUTS = [
     ({}, ["model.activation"], ["--set", "KEY=VALUE"]),
     ({}, ["seed.value=1"], ["--set", "seed", "valid integer"]),
     ({"seed": 1}, ["seed.value=1"], ["--set", "seed is a value, not a section"]),
+    ({"train": {"diagnostics": False, "step_grad_norms": True}}, [],
+     ["train.step_grad_norms", "needs train.diagnostics: true"]),
 ]
 
 

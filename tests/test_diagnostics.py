@@ -14,8 +14,8 @@ from dl_lab.cli import app
 from dl_lab.config import ExperimentConfig, ModelConfig
 from dl_lab.data import DataRoot, load_dataset
 from dl_lab.diagnostics import probe, warnings_for
-from dl_lab.engine import Observer, train
-from dl_lab.model import build_mlp
+from dl_lab.engine import Diverged, Observer, bad_steps, train
+from dl_lab.model import build_mlp, linear_layers
 
 CPU = torch.device("cpu")
 
@@ -62,14 +62,40 @@ def test_saturated_sigmoid_units_are_counted():
 
 
 def test_diagnostics_do_not_change_what_is_trained_and_land_in_the_metrics():
-    config, data = synthetic(model={"dropout": 0.3, "batchnorm": True})
-    on = train(config, data, CPU, Observer())
-    off = train(config.model_copy(update={"train": config.train.model_copy(update={"diagnostics": False})}), data, CPU, Observer())
+    config, data = synthetic(model={"dropout": 0.3, "batchnorm": True}, train={"epochs": 2})
+    off, on, steps = [train(config.model_copy(update={"train": config.train.model_copy(update=setting)}), data, CPU,
+                            Observer())
+                      for setting in ({"diagnostics": False}, {"diagnostics": True}, {"step_grad_norms": True})]
     strip = lambda r: [(m.train_loss, m.test_loss, m.test_acc) for m in r.history]
-    assert strip(on) == strip(off)
-    assert off.final.diagnostics is None and on.final.diagnostics is not None
-    row = on.final.as_dict()
-    assert {"grad_norm_1", "grad_norm_3", "weight_norm_1", "act_mean_h1", "dead_h2", "symmetric_h1"} <= set(row)
+    assert strip(on) == strip(off) == strip(steps)
+    assert off.final.diagnostics is None and on.final.diagnostics.train_grad_norm == ()
+    assert {"grad_norm_1", "grad_norm_3", "weight_norm_1", "act_mean_h1", "dead_h2", "symmetric_h1"} <= set(on.final.as_dict())
+    assert "train_grad_norm_1" not in on.final.as_dict()
+    assert {"train_grad_norm_1", "train_grad_norm_3"} <= set(steps.final.as_dict())
+
+
+def test_the_step_gradient_norms_are_those_of_the_model_being_trained():
+    # One full-batch step per epoch: epoch 1's step gradient is the initial model's on the whole split.
+    config, data = synthetic(data={"batch_size": 2000}, model={"hidden": [32, 16]},
+                             train={"epochs": 2, "step_grad_norms": True})
+    result = train(config, data, CPU, Observer())
+    torch.manual_seed(config.seed)
+    model = build_mlp(config.model, data.num_features, data.num_classes)
+    torch.nn.CrossEntropyLoss()(model(data.train.x), data.train.y).backward()
+    expected = [layer.weight.grad.norm().item() for layer in linear_layers(model)]
+    assert result.history[0].diagnostics.train_grad_norm == pytest.approx(expected, rel=1e-5)
+    assert result.history[1].diagnostics.train_grad_norm != pytest.approx(expected, rel=1e-3)  # the model moved
+    assert result.final.diagnostics.summary()["train_grad_norm"] == list(result.final.diagnostics.train_grad_norm)
+
+
+def test_a_non_finite_gradient_counts_as_divergence_at_its_own_step():
+    losses = torch.tensor([2.3, 2.1, 2.0])
+    norms = torch.tensor([[1.0, 0.5], [1.2, 0.4], [float("inf"), 0.3]])
+    assert bad_steps(losses, norms).tolist() == [False, False, True]
+    assert bad_steps(losses, None).tolist() == [False, False, False]  # without tracked gradients: the loss only
+    assert bad_steps(torch.tensor([float("nan"), 1e9, 1.0]), None).tolist() == [True, True, False]
+    assert str(Diverged(2, 3, 2.0, [float("inf"), 0.3])) == "the gradient norm of layer 1 became inf (loss 2) at epoch 2, step 3"
+    assert str(Diverged(1, 4, float("nan"), [float("nan")] * 2)) == "the training loss became nan at epoch 1, step 4"
 
 
 def test_an_exploding_learning_rate_ends_the_run_as_diverged_with_epoch_and_step(runner, write_config, tmp_path):

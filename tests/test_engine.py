@@ -154,7 +154,8 @@ def test_eval_train_adds_an_eval_mode_pass_over_the_training_split():
 @pytest.mark.parametrize("optimizer", [{"name": "adam"}, {"name": "sgd", "lr": 0.05, "momentum": 0.9}])
 def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
     device = torch.device("cuda")
-    config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True})
+    config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True},
+                         train={"step_grad_norms": True})
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), device)
     eager = train(config, data, device, Quiet())
     graphed_config = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graphs": True})})
@@ -163,3 +164,5 @@ def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
     for a, b in zip(eager.history, graphed.history, strict=True):
         assert (b.train_loss, b.test_loss) == pytest.approx((a.train_loss, a.test_loss), rel=1e-2)
         assert b.test_acc == pytest.approx(a.test_acc, abs=5e-3)
+        assert len(a.diagnostics.train_grad_norm) == 3  # recorded inside the captured steps too
+        assert b.diagnostics.train_grad_norm == pytest.approx(a.diagnostics.train_grad_norm, rel=2e-2)
