@@ -9,6 +9,7 @@ import contextlib
 import enum
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Iterator, List, Optional
@@ -221,9 +222,13 @@ def _render_comparison(summary: dict, folder: Path, json_: bool, trained_now: in
     console = Console()
     if not console.is_terminal:
         console = Console(width=220, no_color=True, highlight=False)
-    table = Table(*TABLE_HEADER, title=f"seeds {', '.join(map(str, summary['seeds']))}")
+    table = Table(title=f"seeds {', '.join(map(str, summary['seeds']))}")
+    for header in TABLE_HEADER:
+        table.add_column(header, overflow="fold")  # a long variant label folds onto more lines, never cut off
     for row in table_rows_from_summary(summary):
-        table.add_row(*display_cells(row))
+        label, *cells = display_cells(row)
+        # A grid label ("activation=sigmoid,init=normal") may break after each setting's comma.
+        table.add_row(re.sub(r",(?=[\w.]+=)", ", ", label), *cells)
     console.print(table)
     for check in summary["expectations"]:
         console.print(f"expect {check['expectation']}: {'holds' if check['holds'] else 'FAILS'} ({check['detail']})",

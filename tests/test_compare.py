@@ -129,6 +129,16 @@ def test_a_3x2_grid_runs_six_variants(runner, tmp_path):
     assert all(v["vs_baseline"]["verdict"] in ("baseline", "too few seeds to tell") for v in summary["variants"])
 
 
+def test_the_terminal_table_shows_long_grid_labels_whole(runner, tmp_path):
+    result, _ = compare(runner, tmp_path, "relu", "--seeds", "1", *SYNTH, "--set", "model.hidden=[16]",
+                        "--vary", "model.activation=sigmoid,tanh", "--vary", "model.init=xavier_uniform,he_normal",
+                        "--vary", "optimizer.lr=0.001,0.002")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    for part in ("activation=sigmoid,", "activation=tanh,", "init=xavier_uniform,", "lr=0.002"):
+        assert part in result.stdout
+
+
 def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
     import dl_lab.engine
 
