@@ -127,6 +127,12 @@ def _grid(plt, panels: int, columns: int = 3, size: tuple[float, float] = (4.2, 
     return figure, list(axes.flat)
 
 
+def _suptitle(figure, title: str, results: Sequence[VariantResult], shown: Sequence[VariantResult]) -> None:
+    """The figure's title, naming the variants left out (no finished run with diagnostics)."""
+    missing = [r.label for r in results if not any(r is s for s in shown)]
+    figure.suptitle(title + (f"\nnot shown (no finished run with diagnostics): {', '.join(missing)}" if missing else ""))
+
+
 def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
     """Per variant: the gradient norm of each Linear layer (x) after a few epochs (lines), log scale.
 
@@ -144,7 +150,7 @@ def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
                       markersize=3, label=f"after epoch {epoch + 1}")
         axis.set_yscale("log")
         axis.set(title=result.label, xlabel="Linear layer (1 = input side)", ylabel="gradient norm (probe batch)")
-    figure.suptitle("Gradient norm per layer (mean over seeds)")
+    _suptitle(figure, "Gradient norm per layer (mean over seeds)", results, shown)
     _save(plt, figure, axes[:len(shown)], path)
 
 
@@ -171,7 +177,7 @@ def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> 
                 axis.set_xlabel("activation output", fontsize=8)
             if column == 0:
                 axis.set_ylabel(f"count (seed {result.runs[0].seed})", fontsize=8)
-    figure.suptitle("Activation outputs per hidden layer on the probe batch after training")
+    _suptitle(figure, "Activation outputs per hidden layer on the probe batch after training", results, shown)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -160,6 +160,20 @@ def test_a_variant_whose_runs_all_diverged_still_gets_tables_and_plots(runner, t
     assert "| relu | baseline | 0 |" in (folder / "table.md").read_text()
 
 
+def test_diagnostic_plots_name_the_variants_they_leave_out():
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from dl_lab.plots import _suptitle
+
+    figure, (a, b) = Figure(), [SimpleNamespace(label="relu"), SimpleNamespace(label="sigmoid")]
+    _suptitle(figure, "Gradient norm per layer", [a, b], [b])
+    assert figure.get_suptitle() == "Gradient norm per layer\nnot shown (no finished run with diagnostics): relu"
+    _suptitle(figure, "Gradient norm per layer", [a, b], [a, b])
+    assert figure.get_suptitle() == "Gradient norm per layer"
+
+
 def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_path):
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", "3", *SYNTH,
