@@ -1,11 +1,12 @@
 """Training-dynamics diagnostics, measured once per epoch on a fixed probe batch (so they stay cheap).
 
 Per Linear layer (input to output): the gradient norm of its weight on the probe batch and the
-weight norm; besides, the engines average each layer's gradient norm over the epoch's training steps
-(train mode, measured on the device inside the step, read once per epoch). Per hidden layer: the mean and std of the activation outputs, the fraction of saturated
-outputs (sigmoid/tanh within 0.02 of a limit), the fraction of dead units (output exactly 0 for every
-probe sample, i.e. dead ReLUs), the fraction of symmetric units (a unit whose incoming weights and
-bias equal another unit's: they compute the same thing and get the same gradient forever), and a
+weight norm (with train.step_grad_norms the engines also average each layer's gradient norm over
+the epoch's training steps, measured on the device inside the step: ``train_grad_norm``). Per
+hidden layer: the mean and std of the activation outputs, the fraction of saturated outputs
+(sigmoid/tanh within 0.02 of a limit), the fraction of dead units (output exactly 0 for every probe
+sample, i.e. dead ReLUs), the fraction of symmetric units (a unit whose incoming weights and bias
+equal another unit's: they compute the same thing and get the same gradient forever), and a
 histogram of the outputs.
 
 The probe runs in eval mode with torch.autograd.grad, so it draws no dropout masks, updates no

@@ -1,10 +1,10 @@
 """Training and evaluation. Returns data; writing files and drawing the terminal happen elsewhere.
 
 Speed rules kept here: the dataset already sits on the device, batches are index slices of it,
-loss and accuracy (and, with diagnostics, each layer's gradient norm) accumulate on the device, and
-the host reads them once per epoch (plus a glance at the step buffers every DIVERGENCE_CHECK_STEPS
-steps to stop a diverging run). With train.cuda_graphs the step itself is a replayed CUDA graph
-(graphs.py).
+loss and accuracy (and, with train.step_grad_norms, each layer's gradient norm) accumulate on the
+device, and the host reads them once per epoch (plus a glance at the step buffers every
+DIVERGENCE_CHECK_STEPS steps to stop a diverging run). With train.cuda_graphs the step itself is a
+replayed CUDA graph (graphs.py).
 """
 
 from __future__ import annotations
