@@ -12,9 +12,10 @@ import torch
 from conftest import FAST, needs_mnist
 from dl_lab.cli import app
 from dl_lab.config import ExperimentConfig, ModelConfig
-from dl_lab.data import DataRoot, load_dataset
+from dl_lab.data import DataRoot, Split, load_dataset
 from dl_lab.diagnostics import probe, warnings_for
-from dl_lab.engine import Diverged, Observer, bad_steps, train
+from dl_lab.engine import BatchPlan, Diverged, Observer, bad_steps, train, train_epoch
+from dl_lab.graphs import StepOut
 from dl_lab.model import build_mlp, linear_layers
 
 CPU = torch.device("cpu")
@@ -96,6 +97,22 @@ def test_a_non_finite_gradient_counts_as_divergence_at_its_own_step():
     assert bad_steps(torch.tensor([float("nan"), 1e9, 1.0]), None).tolist() == [True, True, False]
     assert str(Diverged(2, 3, 2.0, [float("inf"), 0.3])) == "the gradient norm of layer 1 became inf (loss 2) at epoch 2, step 3"
     assert str(Diverged(1, 4, float("nan"), [float("nan")] * 2)) == "the training loss became nan at epoch 1, step 4"
+
+
+def test_the_epoch_loop_stops_at_the_step_whose_gradient_went_bad():
+    steps = []
+
+    def body(index):  # a finite loss throughout; step 3's gradient of layer 2 overflows
+        steps.append(len(steps) + 1)
+        grad = torch.tensor([1.0, float("inf") if len(steps) == 3 else 1.0])
+        return StepOut(torch.tensor(2.0), torch.tensor(0), grad)
+
+    split = Split(torch.zeros(10, 4), torch.zeros(10, dtype=torch.long))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(Diverged) as stopped:
+        train_epoch(body, optimizer, split, BatchPlan.make(10, 2, True, False), torch.Generator(), 1, Observer())
+    assert (stopped.value.epoch, stopped.value.step) == (1, 3)
+    assert str(stopped.value) == "the gradient norm of layer 2 became inf (loss 2) at epoch 1, step 3"
 
 
 def test_an_exploding_learning_rate_ends_the_run_as_diverged_with_epoch_and_step(runner, write_config, tmp_path):
