@@ -15,7 +15,6 @@ other runs go through the sequential engine unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import traceback
@@ -30,8 +29,8 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, probe
 from dl_lab.engine import (EVAL_BATCH_SIZE, BatchPlan, Diverged, EpochMetrics, Observer, TrainResult, bad_steps,
-                           configure_math, per_sample_sum, run_graphed_epoch, seed_everything, train,
-                           uses_cuda_graphs)
+                           configure_math, epoch_metrics, epoch_sums, per_sample_sum, read_sums, run_graphed_epoch,
+                           seed_everything, train, uses_cuda_graphs)
 from dl_lab.graphs import GraphedSteps, StepBody, StepOut
 from dl_lab.model import build_mlp, has_batchnorm, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
@@ -259,36 +258,25 @@ def _train_epochs(configs, data, stack, optimizer, models, orders, streams, plan
                                                    graphed, track)
         # Divergence per model: a run that diverged stops recording; its slice of the stack no longer matters.
         bad = bad_steps(losses, grad_norms)
-        sums = {"train_loss": per_sample_sum(losses, plan), "train_correct": correct}
-        if grad_norms is not None:  # per layer: (M,) means over the epoch's steps
-            sums |= {f"train_grad_norm_{k}": norms for k, norms in enumerate(grad_norms.mean(0).unbind(-1))}
-        sums["test_loss"], sums["test_correct"] = _evaluate(stack, data.test, count)
-        if configs[0].train.eval_train:
-            sums["train_eval_loss"], sums["train_eval_correct"] = _evaluate(stack, data.train, count)
+        sums = epoch_sums((per_sample_sum(losses, plan), correct), grad_norms, _evaluate(stack, data.test, count),
+                          _evaluate(stack, data.train, count) if configs[0].train.eval_train else None)
         sums["diverged"], sums["first_bad_step"] = bad.any(0).float(), bad.float().argmax(0).float()
-        # The epoch's one host sync, for every model at once: name -> list over models.
-        values = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True))
+        values = read_sums(sums)  # the epoch's one host sync, for every model at once: name -> list over models
         seconds = time.perf_counter() - start
         _unstack_into(stack, models)
         for m, config in enumerate(configs):
             if status[m] != "completed":
                 continue
-            if values["diverged"][m]:
-                step = int(values["first_bad_step"][m])
+            mine = {name: per_model[m] for name, per_model in values.items()}
+            if mine["diverged"]:
+                step = int(mine["first_bad_step"])
                 norms = grad_norms[step, m].tolist() if grad_norms is not None else None  # a sync, on divergence only
                 status[m] = "diverged"
                 errors[m] = str(Diverged(epoch, step + 1, losses[step, m].item(), norms))
                 diverged_at[m] = {"epoch": epoch, "step": step + 1}
                 continue
-            train_eval = ((values["train_eval_loss"][m] / len(data.train), values["train_eval_correct"][m] / len(data.train))
-                          if "train_eval_loss" in values else (None, None))
             diagnostics = probe(models[m], loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
-            if diagnostics is not None and track:
-                diagnostics = dataclasses.replace(
-                    diagnostics, train_grad_norm=tuple(values[f"train_grad_norm_{k}"][m] for k in range(len(stack.weights))))
-            metrics = EpochMetrics(epoch, values["train_loss"][m] / plan.samples, values["train_correct"][m] / plan.samples,
-                                   values["test_loss"][m] / len(data.test), values["test_correct"][m] / len(data.test),
-                                   seconds / count, *train_eval, diagnostics)
+            metrics = epoch_metrics(epoch, mine, plan, data, seconds / count, diagnostics)
             histories[m].append(metrics)
             observer.switch_run(config)
             observer.epoch_done(metrics)

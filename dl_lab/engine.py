@@ -9,12 +9,11 @@ replayed CUDA graph (graphs.py).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import traceback
-from dataclasses import dataclass, field, fields
-from typing import Literal, Protocol, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -252,11 +251,10 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
             model.train()
             loss_sum, correct, grad_norms = train_epoch(body, optimizer, data.train, plan, generators.order, epoch,
                                                         observer, steps)
-            sums = [loss_sum, correct, *evaluate(model, loss_fn, data.test)]
-            if config.train.eval_train:
-                sums += evaluate(model, loss_fn, data.train)
+            values = read_sums(epoch_sums((loss_sum, correct), grad_norms, evaluate(model, loss_fn, data.test),
+                                          evaluate(model, loss_fn, data.train) if config.train.eval_train else None))
             diagnostics = probe(model, loss_fn, probe_x, probe_y, config.model.activation) if config.train.diagnostics else None
-            history.append(epoch_metrics(epoch, sums, plan, data, start, diagnostics, grad_norms))
+            history.append(epoch_metrics(epoch, values, plan, data, time.perf_counter() - start, diagnostics))
             observer.epoch_done(history[-1])
         observer.run_finished(model, data)
     except Diverged as exc:
@@ -269,16 +267,36 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
                        tuple(pretraining), diverged_at)
 
 
-def epoch_metrics(epoch: int, sums: list[torch.Tensor], plan: BatchPlan, data: Dataset, start: float,
-                  diagnostics: Diagnostics | None, grad_norms: torch.Tensor | None) -> EpochMetrics:
-    """Turn the epoch's device sums into means (the host sync for the metrics); ``grad_norms``: the
-    (steps, K) per-step gradient norms, averaged into the diagnostics."""
-    values = torch.stack(sums).tolist()
-    if diagnostics is not None and grad_norms is not None:
-        diagnostics = dataclasses.replace(diagnostics, train_grad_norm=tuple(grad_norms.mean(0).tolist()))
-    train_eval = (values[4] / len(data.train), values[5] / len(data.train)) if len(values) > 4 else (None, None)
-    return EpochMetrics(epoch, values[0] / plan.samples, values[1] / plan.samples, values[2] / len(data.test),
-                        values[3] / len(data.test), time.perf_counter() - start, *train_eval, diagnostics)
+Pair = tuple[torch.Tensor, torch.Tensor]  # (summed loss, correct count) on the device
+
+
+def epoch_sums(train: Pair, grad_norms: torch.Tensor | None, test: Pair, train_eval: Pair | None) -> dict[str, torch.Tensor]:
+    """The epoch's device totals by name: scalars for one model, (M,) for a stack of M.
+    ``grad_norms`` (steps, [M,] K) per-step gradient norms become each layer's mean over the steps."""
+    sums = {"train_loss": train[0], "train_correct": train[1], "test_loss": test[0], "test_correct": test[1]}
+    if train_eval is not None:
+        sums["train_eval_loss"], sums["train_eval_correct"] = train_eval
+    if grad_norms is not None:
+        sums |= {f"train_grad_norm_{k}": mean for k, mean in enumerate(grad_norms.mean(0).unbind(-1), start=1)}
+    return sums
+
+
+def read_sums(sums: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The host sync for an epoch's metrics: every total in one transfer (floats, or lists over models)."""
+    return dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True))
+
+
+def epoch_metrics(epoch: int, values: Mapping[str, float], plan: BatchPlan, data: Dataset, seconds: float,
+                  diagnostics: Diagnostics | None) -> EpochMetrics:
+    """One model's epoch totals (read_sums) as means; step gradient norms join the diagnostics."""
+    if diagnostics is not None and "train_grad_norm_1" in values:
+        layers = range(1, len(diagnostics.grad_norm) + 1)
+        diagnostics = replace(diagnostics, train_grad_norm=tuple(values[f"train_grad_norm_{k}"] for k in layers))
+    n, tested = len(data.train), len(data.test)
+    train_eval = ((values["train_eval_loss"] / n, values["train_eval_correct"] / n) if "train_eval_loss" in values
+                  else (None, None))
+    return EpochMetrics(epoch, values["train_loss"] / plan.samples, values["train_correct"] / plan.samples,
+                        values["test_loss"] / tested, values["test_correct"] / tested, seconds, *train_eval, diagnostics)
 
 
 def uses_cuda_graphs(config: ExperimentConfig, device: torch.device, plan: BatchPlan) -> bool:
