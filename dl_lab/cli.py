@@ -132,9 +132,9 @@ def compare(
     """
     from rich.console import Console
 
-    from dl_lab.compare import create_compare_dir, load_plan, plan_comparison
+    from dl_lab.compare import create_compare_dir, load_plan, plan_comparison, runs_to_train
     from dl_lab.errors import ConfigError
-    from dl_lab.experiment import describe_engine, load_data_for, pending_configs, run_compare
+    from dl_lab.experiment import describe_engine, load_data_for, run_compare
     from dl_lab.progress import progress_for
     from dl_lab.report import parse_expectation, report_compare
 
@@ -153,16 +153,15 @@ def compare(
         data = load_data_for([run.config for run in plan.runs()], os.environ)
         folder = resume if resume is not None else create_compare_dir(
             runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device})
-    pending = pending_configs(folder, plan)
-    todo = len(pending)
+    todo = runs_to_train(folder, plan)
     devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
-    engine_text = describe_engine(engine.value, pending) if pending else "nothing to train"
+    engine_text = describe_engine(engine.value, todo) if todo else "nothing to train"
     typer.echo(f"engine {engine_text}", err=True)
-    with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=todo) as progress:
-        trained, interrupted = run_compare(folder, plan, data, progress, engine.value)
+    with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=len(todo)) as progress:
+        trained, interrupted = run_compare(folder, todo, data, progress, engine.value)
     summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
     status = summary["status"]
-    _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - todo)
+    _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - len(todo))
     if status == "interrupted":
         typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -171,8 +171,11 @@ def finished_runs(folder: Path, plan: ComparePlan) -> tuple[dict[tuple[str, int]
     return done, stale
 
 
-def remove_stale(stale: Iterable[Path]) -> None:
-    """Failed or interrupted runs are rerun from scratch; their old folders would only confuse."""
-    for folder in stale:
-        shutil.rmtree(folder, ignore_errors=True)
+def runs_to_train(folder: Path, plan: ComparePlan) -> list[ExperimentConfig]:
+    """The planned runs not completed in ``folder`` (all of them in a new one). Folders that failed or
+    interrupted runs left are removed: those runs are redone from scratch, and old files would only confuse."""
+    done, stale = finished_runs(folder, plan)
+    for leftover in stale:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return [run.config for run in plan.runs() if (run.config.experiment_hash(), run.seed) not in done]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from dl_lab.compare import ComparePlan, finished_runs, remove_stale
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import LoadedConfig, load_config
 from dl_lab.data import Dataset, load_dataset, resolve_data_root
@@ -122,20 +121,12 @@ def describe_engine(name: str, configs: list[ExperimentConfig]) -> str:
     return text + (f", {alone} run(s) one by one" if alone else "")
 
 
-def pending_configs(folder: Path, plan: ComparePlan) -> list[ExperimentConfig]:
-    done, _ = finished_runs(folder, plan)
-    return [run.config for run in plan.runs() if (run.config.experiment_hash(), run.seed) not in done]
-
-
-def run_compare(folder: Path, plan: ComparePlan, data: dict[str, tuple[torch.device, Dataset]],
+def run_compare(folder: Path, todo: Sequence[ExperimentConfig], data: dict[str, tuple[torch.device, Dataset]],
                 progress: Observer, engine: str = "auto") -> tuple[list[dict], bool]:
-    """Train the planned runs not yet completed in ``folder``.
+    """Train ``todo`` (compare.runs_to_train) into run folders inside the comparison ``folder``.
 
-    Returns the summaries of the runs trained now and whether the user interrupted. Completed runs
-    from an earlier attempt are kept (resume); failed or interrupted ones are redone.
+    Returns the summaries of the runs trained now and whether the user interrupted.
     """
-    remove_stale(finished_runs(folder, plan)[1])
-    todo = pending_configs(folder, plan)
     summaries: list[dict] = []
     for key in dict.fromkeys(data_key(config) for config in todo):
         device, dataset = data[key]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dl_lab.compare import ComparePlan, changes_from, load_plan
+from dl_lab.compare import ComparePlan, changes_from, finished_runs, load_plan
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import load_config
 from dl_lab.errors import ConfigError
@@ -68,18 +68,13 @@ def read_run(folder: Path) -> RunRecord | None:
 def load_compare(folder: Path) -> tuple[ComparePlan, list[VariantResult]]:
     """Each planned variant with its completed runs, matched by config hash and seed."""
     plan = load_plan(folder)
-    by_key = {}
-    for run_folder in sorted(p.parent for p in folder.glob("*/summary.json")):
-        record = read_run(run_folder)
-        if record:
-            by_key.setdefault((record.summary.get("config_hash"), record.seed), record)
+    done, _ = finished_runs(folder, plan)
     results = []
     for variant in plan.variants:
         result = VariantResult(variant.label, variant.config)
-        for seed in plan.seeds:
-            record = by_key.get((variant.config.model_copy(update={"seed": seed}).experiment_hash(), seed))
-            if record:
-                result.runs.append(record)
+        digest = variant.config.experiment_hash()  # the same for every seed
+        records = (read_run(done[(digest, seed)]) for seed in plan.seeds if (digest, seed) in done)
+        result.runs += [record for record in records if record]
         results.append(result)
     return plan, results
 
