@@ -182,11 +182,10 @@ def report(
     alpha: AlphaOption = None,
 ) -> None:
     """Rebuild tables and plots from existing runs, without training."""
-    from datetime import datetime, timezone
-
     from dl_lab.compare import PLAN_FILE
     from dl_lab.errors import ConfigError
     from dl_lab.report import load_compare, load_loose_runs, parse_expectation, write_report
+    from dl_lab.runs import create_run_dir
 
     with user_errors():
         missing = [str(f) for f in folders if not f.is_dir()]
@@ -198,10 +197,11 @@ def report(
         else:
             results = load_loose_runs(folders)
             seeds = sorted({seed for result in results for seed in result.seeds})
-            target = out or Path("runs") / f"report-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+            target = out
         if not any(result.runs for result in results):
             raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}")
         expectations = [parse_expectation(text, [r.label for r in results]) for text in expect or []]
+    target = target or create_run_dir(Path("runs"), "", prefix="report-")  # after validation: no empty folders
     complete = all(len(result.runs) == len(seeds) for result in results)
     summary = write_report(target, results, seeds, expectations, alpha, "completed" if complete else "incomplete")
     _render_comparison(summary, target, json_)

@@ -6,7 +6,6 @@ Works from files only (run folders), so `dllab report` can rebuild everything wi
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import operator
@@ -173,14 +172,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                               "means vanishing gradients.\n"
 
 
-def csv_table(rows: Sequence[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 # ---- expectations ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -262,7 +253,7 @@ def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence
                  engine: str | None = None) -> dict[str, Any]:
     """table.md, table.csv, summary.json and the PNG plots in ``folder``; returns the summary."""
     from dl_lab.plots import write_plots  # plots import this module's types
-    from dl_lab.runs import dump_json, write_atomic
+    from dl_lab.runs import csv_text, dump_json, write_atomic
 
     rows = table_rows(results, alpha if alpha is not None else 0.05)
     checks = [check_expectation(e, results, alpha) for e in expectations]
@@ -271,7 +262,7 @@ def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence
         summary["engine"] = engine  # how the runs trained in this invocation were trained
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "table.md", markdown_table(rows))
-    write_atomic(folder / "table.csv", csv_table(rows))
+    write_atomic(folder / "table.csv", csv_text(list(rows[0]), rows, digits=None))  # full precision: p-values
     summary["plots"] = [p.name for p in write_plots(results, folder)]
     write_atomic(folder / "summary.json", dump_json(summary))
     return summary

@@ -44,10 +44,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def create_run_dir(runs_root: Path, name: str, timestamp: bool = True, prefix: str = "") -> Path:
-    """runs/<prefix><UTC timestamp>-<name>[-N]; mkdir is atomic, so two runs never share a folder."""
+    """runs/<prefix><UTC timestamp>-<name>[-N] (no name: runs/<prefix><UTC timestamp>[-N]); mkdir is
+    atomic, so two runs never share a folder."""
     runs_root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") if timestamp else ""
-    base = f"{prefix}{stamp}{safe_name(name)}"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") if timestamp else ""
+    base = prefix + "-".join(part for part in (stamp, safe_name(name) if name else "") if part)
     for attempt in range(1, 10_000):
         candidate = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
         try:
@@ -67,15 +68,16 @@ def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) 
     """One row per epoch; train-eval columns with train.eval_train, per-layer diagnostics when measured."""
     diagnostic_columns = list(history[0].diagnostics.columns()) if history and history[0].diagnostics else []
     columns = METRIC_COLUMNS + (OPTIONAL_COLUMNS if with_train_eval else []) + diagnostic_columns
-    return _csv(columns, [m.as_dict() for m in history])
+    return csv_text(columns, [m.as_dict() for m in history])
 
 
-def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+def csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]], digits: int | None = 6) -> str:
+    """CSV with a header; keys outside ``columns`` are left out, floats rounded to ``digits`` (None: kept)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: (round(v, digits) if isinstance(v, float) and digits is not None else v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -108,7 +110,7 @@ class RunRecorder(Observer):
 
     def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
         self.pretraining.append(record)
-        write_atomic(self.folder / "pretrain_metrics.csv", _csv(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining]))
+        write_atomic(self.folder / "pretrain_metrics.csv", csv_text(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining]))
         self._write_summary("running")
 
     def epoch_done(self, metrics: EpochMetrics) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -83,6 +84,9 @@ def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runne
     assert summary["expectations"][0]["holds"] is True
     table = (folder / "table.md").read_text()
     assert "relu ★" in table and "activation=sigmoid" in table and "p (paired t)" in table and "grad L1/Llast" in table
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    assert [row["variant"] for row in rows] == ["relu", "sigmoid"]
+    assert float(rows[1]["p_value"]) == sigmoid["vs_baseline"]["p_value"]  # full precision, not rounded
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
         "relu-seed777", "relu-seed778", "sigmoid-seed777", "sigmoid-seed778"]
 
@@ -203,7 +207,7 @@ def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_p
     assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
 
 
-def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tmp_path, write_config):
+def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tmp_path, write_config, monkeypatch):
     _, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH)
     before = json.loads((folder / "summary.json").read_text())
     for name in ["table.md", "table.csv", "summary.json", "curves.png"]:
@@ -230,6 +234,12 @@ def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tm
     assert all(len(v["finals"]) == 2 for v in summary["variants"])
     assert (out / "table.md").is_file()
     assert runner.invoke(app, ["report", str(tmp_path / "nothing")]).exit_code == 2
+    # Without --out: a new runs/report-<time> folder each time (create_run_dir: unique even within a second).
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert runner.invoke(app, ["report", str(loose)]).exit_code == 0
+    reports = sorted((tmp_path / "runs").glob("report-*"))
+    assert len(reports) == 2 and all((folder / "summary.json").is_file() for folder in reports)
 
 
 @needs_mnist
