@@ -33,15 +33,19 @@ class Prepared:
 def prepare(source: str, overrides: Iterable[str], environ: Mapping[str, str]) -> Prepared:
     """Validate the config, the device and the data. Raises UserError subclasses on bad input."""
     loaded = load_config(source, overrides)
-    config = loaded.config
     try:
-        device = resolve_device(config.device)
-        data = load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
+        device, data = device_and_data(loaded.config, environ)
     except UserError as exc:
         if exc.key is None:
             raise
         raise type(exc)(f"{loaded.where(exc.key)}: {exc}") from None
     return Prepared(loaded, device, data)
+
+
+def device_and_data(config: ExperimentConfig, environ: Mapping[str, str]) -> tuple[torch.device, Dataset]:
+    """The config's device, and its dataset loaded onto it."""
+    device = resolve_device(config.device)
+    return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 
 def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str]) -> dict[str, tuple[torch.device, Dataset]]:
@@ -51,8 +55,7 @@ def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str
         key = data_key(config)
         if key not in loaded:
             try:
-                device = resolve_device(config.device)
-                loaded[key] = (device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device))
+                loaded[key] = device_and_data(config, environ)
             except UserError as exc:
                 raise type(exc)(f"variant {config.name}: {exc.key + ': ' if exc.key else ''}{exc}") from None
     return loaded

@@ -41,17 +41,22 @@ def _legend(axis) -> None:
         axis.legend(fontsize=8)
 
 
+def _write(plt, figure, path: Path) -> None:
+    """Lay out, write the PNG and free the figure."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _save(plt, figure, epoch_axes, path: Path) -> None:
-    """Integer epoch ticks, grid and legend on each axis, then write the PNG and free the figure."""
+    """Integer epoch ticks, grid and legend on each axis, then write the figure."""
     from matplotlib.ticker import MaxNLocator
 
     for axis in epoch_axes:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         _legend(axis)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _write(plt, figure, path)
 
 
 def plot_curves(results: Sequence[VariantResult], path: Path) -> None:
@@ -111,9 +116,7 @@ def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
     axis.set(title="Final test accuracy per seed", xlabel="variant", ylabel="final test accuracy")
     axis.grid(axis="y", alpha=0.3)
     _legend(axis)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _write(plt, figure, path)
 
 
 def _grid(plt, panels: int, columns: int = 3, size: tuple[float, float] = (4.2, 3.3)):
@@ -178,9 +181,7 @@ def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> 
             if column == 0:
                 axis.set_ylabel(f"count (seed {result.runs[0].seed})", fontsize=8)
     _suptitle(figure, "Activation outputs per hidden layer on the probe batch after training", results, shown)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _write(plt, figure, path)
 
 
 PLOTS = {"curves.png": plot_curves, "train_vs_test_loss.png": plot_train_vs_test_loss,
