@@ -15,9 +15,9 @@ import torch
 
 from dl_lab.batched import BatchedEngine
 from dl_lab.config_loader import load_config
-from dl_lab.data import load_dataset, resolve_data_root
-from dl_lab.device import device_name, resolve_device
+from dl_lab.device import device_name
 from dl_lab.engine import Observer, SequentialEngine
+from dl_lab.experiment import device_and_data
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     configs = [load_config(name, [f"train.epochs={args.epochs}", f"device={args.device}", f"seed={777 + i}",
                                   "model.init=xavier_uniform", *extra]).config
                for name in ("relu", "sigmoid") for i in range(args.seeds)]
-    device = resolve_device(configs[0].device)
-    data = load_dataset(configs[0].data, resolve_data_root(None, os.environ), device)
+    device, data = device_and_data(configs[0], os.environ)
     times: dict[str, list[float]] = {"sequential": [], "batched": []}
     for _ in range(args.repeats):
         for name, engine in [("sequential", SequentialEngine()), ("batched", BatchedEngine())]:

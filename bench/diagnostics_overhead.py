@@ -16,10 +16,10 @@ import time
 import torch
 
 from dl_lab.config_loader import load_config
-from dl_lab.data import load_dataset, resolve_data_root
-from dl_lab.device import device_name, resolve_device
+from dl_lab.device import device_name
 from dl_lab.diagnostics import PROBE_SIZE, probe
 from dl_lab.engine import Observer, train
+from dl_lab.experiment import device_and_data
 from dl_lab.model import build_mlp, linear_layers
 
 
@@ -30,8 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     base = load_config("relu", [f"train.epochs={args.epochs}", f"device={args.device}"]).config
-    device = resolve_device(base.device)
-    data = load_dataset(base.data, resolve_data_root(base.data.root, os.environ), device)
+    device, data = device_and_data(base, os.environ)
     settings = {"off": {"diagnostics": False}, "on": {"diagnostics": True},
                 "on + step_grad_norms": {"diagnostics": True, "step_grad_norms": True}}
     seconds: dict[str, list[float]] = {name: [] for name in settings}

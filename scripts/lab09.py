@@ -12,7 +12,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch
 from dl_lab.engine import Observer, Observers, evaluate
 from dl_lab.experiment import prepare, run_one
 from dl_lab.progress import PlainProgress
+from dl_lab.runs import create_run_dir
 
 PUBLISHED = {  # preset -> (test_acc, test_loss) from the lab; None where the lab gives none
     "softmax": (0.8944, None), "nn_normal": (0.9423, None), "xavier": (0.9805, None), "deep": (0.9819, None),
@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--presets", default=",".join(PUBLISHED))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs") / f"lab09-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--runs-dir", type=Path, help="default: a new runs/lab09-<time>")
     args = parser.parse_args()
+    args.runs_dir = args.runs_dir or create_run_dir(Path("runs"), "", prefix="lab09-")
     rows = []
     for preset in args.presets.split(","):
         finals, raw_accs, seconds = [], [], []
