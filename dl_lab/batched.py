@@ -15,7 +15,6 @@ other runs go through the sequential engine unchanged.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,31 +31,11 @@ from dl_lab.engine import (EVAL_BATCH_SIZE, BatchPlan, Diverged, EpochMetrics, O
                            configure_math, epoch_metrics, epoch_sums, per_sample_sum, read_sums, run_graphed_epoch,
                            seed_everything, train, uses_cuda_graphs)
 from dl_lab.graphs import GraphedSteps, StepBody, StepOut
-from dl_lab.model import build_mlp, has_batchnorm, parameter_count
+from dl_lab.model import build_mlp, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
-
-def batch_key(config: ExperimentConfig) -> str:
-    """Runs with equal keys can train together."""
-    body = config.to_dict()
-    for key in ("name", "seed"):
-        body.pop(key)
-    model = body["model"]
-    model["has_dropout"] = model.pop("dropout") > 0  # the layer must exist in all or none
-    for key in ("init", "init_gain", "rbm"):
-        model.pop(key)
-    return json.dumps(body, sort_keys=True)
-
-
-def plan_batches(configs: Sequence[ExperimentConfig], min_size: int = 2) -> list[list[int]]:
-    """Indices of configs grouped by batch_key (in first-seen order); groups below min_size stay alone."""
-    groups: dict[str, list[int]] = {}
-    for index, config in enumerate(configs):
-        groups.setdefault(batch_key(config), []).append(index)
-    out: list[list[int]] = []
-    for indices in groups.values():
-        out += [indices] if len(indices) >= min_size else [[i] for i in indices]
-    return out
+from dl_lab.scheduling import plan_batches
+from dl_lab.signals import deferred
 
 
 class BatchedEngine:
@@ -199,7 +178,8 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
     models, orders, dropout_streams = [], [], []
     pretraining: list[list[PretrainEpoch]] = [[] for _ in configs]
     histories: list[list[EpochMetrics]] = [[] for _ in configs]
-    plan = BatchPlan.make(len(data.train), configs[0].data.batch_size, configs[0].data.drop_last, False)
+    first = configs[0]  # batch_key: data and architecture agree across the stack
+    plan = BatchPlan.make(len(data.train), first.data.batch_size, first.data.drop_last, first.model.has_batchnorm_layers)
     status = ["completed"] * count
     errors: list[str | None] = [None] * count
     diverged_at: list[dict | None] = [None] * count
@@ -209,8 +189,6 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
         for index, config in enumerate(configs):
             generators = seed_everything(config.seed)
             model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
-            if index == 0:
-                plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, has_batchnorm(model))
             observer.run_started(config, plan)
             started += 1
             if config.model.init == "rbm":
@@ -236,14 +214,12 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
         text = traceback.format_exc()
         status, errors = ["failed"] * count, [text] * count
     seconds = (time.perf_counter() - clock) / count  # each run's share of the batch's wall time
-    results = []
-    for index, config in enumerate(configs):
-        parameters = parameter_count(models[index]) if index < len(models) else 0
-        results.append(TrainResult(status[index], tuple(histories[index]), seconds, plan, parameters, errors[index],
-                                   tuple(pretraining[index]), diverged_at[index]))
-        if index < started:  # observers know only the runs that started (an interrupt can come first)
+    results = [TrainResult(status[i], tuple(histories[i]), seconds, plan, parameter_count(models[i]) if i < len(models) else 0,
+                           errors[i], tuple(pretraining[i]), diverged_at[i]) for i in range(count)]
+    with deferred():  # the stack's runs end together: a signal waits until every one is recorded
+        for config, result in zip(configs[:started], results):  # observers know only the runs that started
             observer.switch_run(config)
-            observer.run_done(config, results[-1])
+            observer.run_done(config, result)
     return results
 
 

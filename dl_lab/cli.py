@@ -18,8 +18,8 @@ import typer
 
 from dl_lab.errors import UserError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "diverged": EXIT_RUN_FAILED, "interrupted": EXIT_INTERRUPTED}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3  # interrupted: 128 + the signal (130, 143, 129)
+STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "diverged": EXIT_RUN_FAILED}
 
 app = typer.Typer(
     name="dllab",
@@ -45,20 +45,44 @@ class Engine(str, enum.Enum):
     sequential = "sequential"
 
 
+@app.callback()
+def _setup() -> None:
+    """Train and compare small PyTorch MLPs on MNIST from YAML configs."""
+    from dl_lab import signals
+
+    signals.install()  # SIGTERM and SIGHUP end a run like Ctrl-C: status interrupted
+
+
+def interrupted_exit() -> int:
+    from dl_lab import signals
+
+    return signals.exit_code()
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input becomes 'error: ...' on stderr and exit code 2, never a traceback."""
+    """Bad input becomes 'error: ...' on stderr and exit code 2, never a traceback; an interrupt
+    (Ctrl-C, SIGTERM, SIGHUP) exits 128 + the signal's number."""
     try:
         yield
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from dl_lab import signals
+
+        signals.note(exc)
         typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(interrupted_exit()) from None
+
+
+def _folder(path: Path) -> Path:
+    """A path option as the user meant it: '~' expanded."""
+    return path.expanduser()
 
 
 @app.command()
+@user_errors()
 def train(
     config: ConfigOption,
     set_: SetOption = None,
@@ -67,18 +91,24 @@ def train(
 ) -> None:
     """Train one model from a config; write config.yaml, metrics.csv, summary.json and env.json to a new run folder.
 
-    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 3 diverged (non-finite loss), 130 interrupted.
+    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 3 diverged (non-finite loss),
+    130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP.
     """
     from rich.console import Console
 
     from dl_lab.experiment import prepare, run_one
     from dl_lab.progress import progress_for
+    from dl_lab.store import check_writable_folder
 
-    with user_errors():
-        prepared = prepare(config, set_ or [], os.environ)
-    console = Console(stderr=True)
-    with progress_for(console, sys.stderr, str(prepared.device)) as progress:
-        summary = run_one(prepared, runs_dir, progress)
+    runs_dir = _folder(runs_dir)
+    check_writable_folder(runs_dir, "--runs-dir")
+    prepared = prepare(config, set_ or [], os.environ)
+    with progress_for(Console(stderr=True), sys.stderr, str(prepared.device)) as progress:
+        try:
+            summary = run_one(prepared, runs_dir, progress)
+        except OSError as exc:  # the run folder itself could not be written (disk full, permissions)
+            typer.echo(f"error: cannot write a run folder under {runs_dir}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
     if json_:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -88,12 +118,14 @@ def train(
     if summary["status"] == "diverged":
         typer.echo(f"error: training diverged: {summary['error']}. The metrics of the epochs before are kept in "
                    f"{summary['run_dir']}; a smaller optimizer.lr usually helps.", err=True)
-    raise typer.Exit(STATUS_EXIT[summary["status"]])
+    raise typer.Exit(STATUS_EXIT.get(summary["status"]) if summary["status"] != "interrupted" else interrupted_exit())
 
 
 def _result_text(summary: dict) -> str:
-    final = summary["final"]
+    final = summary.get("final")
     numbers = (f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  " if final else "")
+    if "epochs_planned" not in summary:  # the short summary written when the disk was full
+        return f"{summary['status']}: {summary['name']}  {summary['epochs']} epochs\nrun folder: {summary['run_dir']}"
     return (f"{summary['status']}: {summary['name']}  {numbers}{summary['epochs']}/{summary['epochs_planned']} epochs "
             f"in {summary['seconds']:.1f}s on {summary['device']}\nrun folder: {summary['run_dir']}")
 
@@ -106,7 +138,15 @@ AlphaOption = Annotated[Optional[float], typer.Option(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")]
 
 
+def _check_alpha(alpha: float | None) -> None:
+    from dl_lab.errors import ConfigError
+
+    if alpha is not None and not 0 < alpha < 1:
+        raise ConfigError(f"--alpha: must be between 0 and 1 (got {alpha})")
+
+
 @app.command()
+@user_errors()
 def compare(
     names: Annotated[Optional[List[str]], typer.Argument(
         help="Configs to compare: configs/NAME.yaml, a preset (e.g. lab09/xavier) or a path. The first is the baseline.")] = None,
@@ -121,50 +161,82 @@ def compare(
         "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest.")] = None,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", help="auto: train runs that share an architecture together (stacked weights); "
-                         "sequential: one model at a time; batched: stack every run.")] = Engine.auto,
+    engine: Annotated[Optional[Engine], typer.Option(
+        "--engine", help="auto (default): train runs that share an architecture together (stacked weights); "
+                         "sequential: one model at a time; batched: stack every run.")] = None,
+    max_runs: Annotated[Optional[int], typer.Option(
+        "--max-runs", help="Refuse a comparison of more runs than this (default 1000), so a typo in --seeds "
+                           "cannot start thousands of runs.")] = None,
 ) -> None:
     """Train several variants over matched seeds; write tables (Markdown, CSV, JSON) and plots.
 
-    Exit codes: 0 all expectations hold, 1 an expectation fails, 2 bad input (before training),
-    3 a run failed, 130 interrupted (finish it with --resume).
+    Exit codes: 0 all expectations hold, 1 an expectation fails, 2 bad input (before training) or the
+    folder is in use, 3 a run failed, 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (finish it with --resume).
     """
     from rich.console import Console
 
-    from dl_lab.compare import create_compare_dir, load_plan, plan_comparison, runs_to_train
+    from dl_lab.compare import (DEFAULT_MAX_RUNS, create_compare_dir, load_plan, plan_comparison, set_aside_unfinished,
+                                survey, units_to_train)
     from dl_lab.errors import ConfigError
-    from dl_lab.experiment import describe_engine, load_data_for, run_compare
+    from dl_lab.experiment import check_units, load_data_for, run_compare
+    from dl_lab.locks import FolderLock
     from dl_lab.progress import progress_for
-    from dl_lab.report import parse_expectation, report_compare
+    from dl_lab.report import output_names, parse_expectation, report_compare
+    from dl_lab.scheduling import describe_units
+    from dl_lab.store import check_report_folder, check_writable_folder
 
-    with user_errors():
+    runs_dir = _folder(runs_dir)
+    with contextlib.ExitStack() as held:
         if resume is not None:
-            if names or set_ or vary or device or seeds is not None:
+            resume = _folder(resume)
+            if names or set_ or vary or device or seeds is not None or max_runs is not None:
                 raise ConfigError("--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
-                                  "--device or --seeds with it")
+                                  "--device, --seeds or --max-runs with it")
+            if not resume.is_dir():
+                raise ConfigError(f"--resume {resume}: no such folder")
+            held.enter_context(FolderLock(resume, "comparison"))  # one writer: a second resume exits 2
             plan = load_plan(resume)
+            if engine is not None and engine.value != plan.engine:
+                raise ConfigError(f"--engine {engine.value}: this comparison was planned with --engine {plan.engine}, "
+                                  "and a resumed run must train the same way; allowed: no --engine with --resume")
         else:
+            check_writable_folder(runs_dir, "--runs-dir")
             overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
-            plan = plan_comparison(names or [], overrides, vary or [], 3 if seeds is None else seeds)
+            plan = plan_comparison(names or [], overrides, vary or [], 3 if seeds is None else seeds,
+                                   engine=(engine or Engine.auto).value,
+                                   max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs)
         expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
-        if alpha is not None and not 0 < alpha < 1:
-            raise ConfigError(f"--alpha: must be between 0 and 1 (got {alpha})")
-        data = load_data_for([run.config for run in plan.runs()], os.environ)
-        folder = resume if resume is not None else create_compare_dir(
-            runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device})
-    todo = runs_to_train(folder, plan)
-    devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
-    engine_text = describe_engine(engine.value, todo) if todo else "nothing to train"
-    typer.echo(f"engine {engine_text}", err=True)
-    with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=len(todo)) as progress:
-        trained, interrupted = run_compare(folder, todo, data, progress, engine.value)
-    summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
+        _check_alpha(alpha)
+        data = load_data_for([run.config for run in plan.runs], os.environ)
+        check_units(plan, data)
+        if resume is not None:
+            found = survey(resume, plan)
+            found.refuse_mismatched()
+            check_report_folder(resume, output_names(), compare_folder=resume)
+            folder = resume
+        else:
+            found = None
+            folder, lock = create_compare_dir(runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [],
+                                                                "device": device})
+            held.callback(lock.release)
+        todo = units_to_train(plan, found.done if found else frozenset())
+        if found is not None:
+            set_aside_unfinished(found)
+        engine_text = describe_units(plan.engine, [unit for unit, _ in todo])
+        recorded = sum(len(record) for _, record in todo)
+        riding = sum(len(unit.runs) for unit, _ in todo) - recorded
+        typer.echo(f"engine {engine_text}" + (f" ({riding} finished run(s) retrained unrecorded with their stack, "
+                                              "so the others' numbers are exactly those of an uninterrupted comparison)"
+                                              if riding else ""), err=True)
+        devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+        with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
+            trained, interrupted = run_compare(folder, plan, todo, data, progress)
+        summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
+        _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded)
     status = summary["status"]
-    _render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs()) - len(todo))
     if status == "interrupted":
         typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(interrupted_exit())
     if status == "failed":
         failed = [f"{s['run_dir']} ({s['status']})" for s in trained if s["status"] != "completed"]
         typer.echo(f"error: {len(failed)} run(s) failed or diverged: {', '.join(failed)}", err=True)
@@ -173,38 +245,51 @@ def compare(
 
 
 @app.command()
+@user_errors()
 def report(
     folders: Annotated[List[Path], typer.Argument(help="A compare folder, or train run folders (or folders of them).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the compare folder, "
-                                                              "else runs/report-<time>).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write: a new or empty folder, or an earlier "
+                                                              "report's (default: the compare folder, else "
+                                                              "runs/report-<time>).")] = None,
     json_: JsonOption = False,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
 ) -> None:
-    """Rebuild tables and plots from existing runs, without training."""
-    from dl_lab.compare import PLAN_FILE
-    from dl_lab.errors import ConfigError
-    from dl_lab.report import load_compare, load_loose_runs, parse_expectation, write_report
-    from dl_lab.runs import create_run_dir
+    """Rebuild tables and plots from existing runs, without training.
 
-    with user_errors():
+    Exit codes: 0 every run completed and every expectation holds, 1 an expectation fails, 2 bad input
+    or the folder is in use, 3 the comparison is incomplete (a run failed, was interrupted or is missing).
+    """
+    from dl_lab.errors import ConfigError
+    from dl_lab.locks import FolderLock
+    from dl_lab.report import load_compare, load_loose_runs, output_names, parse_expectation, write_report
+    from dl_lab.store import PLAN_FILE, check_report_folder, create_run_dir, make_folder
+
+    folders = [_folder(f) for f in folders]
+    with contextlib.ExitStack() as held:
+        _check_alpha(alpha)
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
             raise ConfigError(f"report: no such folder: {', '.join(missing)}")
-        if len(folders) == 1 and (folders[0] / PLAN_FILE).is_file():
-            plan, results = load_compare(folders[0])
-            seeds, target = plan.seeds, out or folders[0]
-        else:
-            results = load_loose_runs(folders)
-            seeds = sorted({seed for result in results for seed in result.seeds})
-            target = out
-        if not any(result.runs for result in results):
+        compare_folder = folders[0] if len(folders) == 1 and (folders[0] / PLAN_FILE).is_file() else None
+        target = _folder(out) if out is not None else compare_folder
+        if target is not None:
+            check_report_folder(target, output_names(), compare_folder)
+        loaded = load_compare(compare_folder) if compare_folder else load_loose_runs(folders)
+        if not any(result.runs for result in loaded.results):
             raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}")
-        expectations = [parse_expectation(text, [r.label for r in results]) for text in expect or []]
-    target = target or create_run_dir(Path("runs"), "", prefix="report-")  # after validation: no empty folders
-    complete = all(len(result.runs) == len(seeds) for result in results)
-    summary = write_report(target, results, seeds, expectations, alpha, "completed" if complete else "incomplete")
-    _render_comparison(summary, target, json_)
+        expectations = [parse_expectation(text, [r.label for r in loaded.results]) for text in expect or []]
+        target = target or create_run_dir(Path("runs"), "", prefix="report-")  # after validation: no empty folders
+        make_folder(target, "--out")
+        held.enter_context(FolderLock(target, "comparison" if target == compare_folder else "report folder"))
+        status = "incomplete" if loaded.unfinished else "completed"
+        summary = write_report(target, loaded, expectations, alpha, status, compare_folder=compare_folder)
+        _render_comparison(summary, target, json_)
+    if loaded.unfinished:
+        hint = f"; finish with dllab compare --resume {compare_folder}" if compare_folder else ""
+        typer.echo(f"error: incomplete: {len(loaded.unfinished)} run(s) did not complete "
+                   f"({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''}){hint}", err=True)
+        raise typer.Exit(EXIT_RUN_FAILED)
     raise typer.Exit(EXIT_OK if all(e["holds"] for e in summary["expectations"]) else EXIT_FAILED)
 
 
@@ -238,14 +323,14 @@ def _render_comparison(summary: dict, folder: Path, json_: bool, trained_now: in
 
 
 @config_app.command("show")
+@user_errors()
 def config_show(config: ConfigOption, set_: SetOption = None) -> None:
     """Print the fully resolved config (defaults, extends and --set applied) as YAML."""
     import yaml
 
     from dl_lab.config_loader import load_config
 
-    with user_errors():
-        loaded = load_config(config, set_ or [])
+    loaded = load_config(config, set_ or [])
     typer.echo(yaml.safe_dump(loaded.config.to_dict(), sort_keys=False, default_flow_style=None), nl=False)
 
 
@@ -268,4 +353,8 @@ def options() -> None:
 
 
 def main() -> None:
+    from dl_lab.progress import PipeSafe
+
+    # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
     app()

@@ -19,12 +19,13 @@ from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.registry import Registry
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_NAME_LENGTH = 200
 
 
 class Section(BaseModel):
-    """Unknown keys are refused; objects are immutable once validated."""
+    """Unknown keys are refused; objects are immutable once validated; numbers must be finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _registered(registry: Registry, value: Any) -> Any:
@@ -100,6 +101,11 @@ class ModelConfig(Section):
 
     check_activation_params = field_validator("leaky_relu_slope")(_used_by_choice(ACTIVATIONS, "activation", "activation"))
 
+    @property
+    def has_batchnorm_layers(self) -> bool:
+        """Whether the built model has BatchNorm1d layers (they follow hidden layers; softmax regression has none)."""
+        return self.batchnorm is not False and len(self.hidden) > 0
+
 
 class OptimizerConfig(Section):
     name: str = Field("adam", description=f"one of: {', '.join(OPTIMIZERS.names())}")
@@ -149,7 +155,9 @@ class TrainConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = Field(min_length=1, description="the run's name; default: the config file's stem")
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
+                      description=f"the run's name, 1 to {MAX_NAME_LENGTH} characters, no path separators or "
+                                  "control characters, not starting with '.'; default: the config file's stem")
     seed: int = Field(777, ge=0, le=2**63 - 1, description="an integer >= 0")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     data: DataConfig = DataConfig()
@@ -174,8 +182,8 @@ class ExperimentConfig(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if "/" in value or "\\" in value or value.startswith("."):
-            raise ValueError("a name may not contain path separators or start with '.'")
+        if "/" in value or "\\" in value or value.startswith(".") or not value.isprintable():
+            raise ValueError("a name may not contain path separators or control characters, or start with '.'")
         return value
 
     def to_dict(self) -> dict[str, Any]:

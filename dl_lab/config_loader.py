@@ -5,6 +5,8 @@ Every user mistake becomes a ConfigError naming the file (or --set), the key and
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,23 @@ from dl_lab.errors import ConfigError
 from dl_lab.registry import did_you_mean
 
 SET_ORIGIN = "--set"
+# Caps on input that could otherwise be unbounded; an environment variable raises each on purpose.
+MAX_CONFIG_BYTES = ("DLLAB_MAX_CONFIG_BYTES", 1 << 20)
+MAX_EXTENDS_DEPTH = ("DLLAB_MAX_EXTENDS", 32)
+KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def limit(cap: tuple[str, int]) -> int:
+    """A cap's value: its environment variable when set to a positive integer, else the default."""
+    variable, default = cap
+    text = os.environ.get(variable, "")
+    return int(text) if text.isdigit() and int(text) > 0 else default
+
+
+def short(value: Any, width: int = 80) -> str:
+    """repr() cut to ``width`` characters: messages stay one readable line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:width - 5]}…{text[-4:]}"
 
 
 @dataclass(frozen=True)
@@ -81,27 +100,43 @@ def _display(path: Path) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    shown = _display(path)
+    cap = limit(MAX_CONFIG_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(cap + 1)
     except OSError as exc:
-        raise ConfigError(f"{_display(path)}: cannot read config file ({exc.strerror})") from None
+        raise ConfigError(f"{shown}: cannot read config file ({exc.strerror or exc})") from None
+    if len(raw) > cap:
+        raise ConfigError(f"{shown}: larger than {cap:,} bytes, far beyond any config; allowed: a small YAML file "
+                          f"(set {MAX_CONFIG_BYTES[0]}=<bytes> to read a bigger one on purpose)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                          "allowed: a YAML file saved as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{_display(path)}: {where}malformed YAML ({problem})") from None
+        raise ConfigError(f"{shown}: {where}malformed YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: nested too deeply to be a config; allowed: sections such as 'model: {{...}}'") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{_display(path)}: expected a mapping of keys (e.g. 'seed: 1'), got {type(data).__name__}")
+        raise ConfigError(f"{shown}: expected a mapping of keys (e.g. 'seed: 1'), got {type(data).__name__}")
     return data
 
 
 def _read_with_parents(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
     """Merge the `extends` chain, parent first; returns (merged dict, dotted key -> origin)."""
     resolved = path.resolve()
+    if len(chain) >= limit(MAX_EXTENDS_DEPTH):
+        raise ConfigError(f"{_display(path)}: extends: a chain of more than {limit(MAX_EXTENDS_DEPTH)} files; allowed: a "
+                          f"shorter chain (set {MAX_EXTENDS_DEPTH[0]}=<files> to allow a longer one on purpose)")
     if resolved in chain:
         cycle = " -> ".join(_display(p) for p in (*chain, resolved))
         raise ConfigError(f"{_display(path)}: extends: cycle {cycle}; a config may not extend itself")
@@ -139,12 +174,19 @@ def _apply_override(merged: dict[str, Any], origins: dict[str, str], item: str) 
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"{SET_ORIGIN} {item!r}: expected KEY=VALUE, e.g. --set model.activation=sigmoid")
+        raise ConfigError(f"{SET_ORIGIN} {short(item)}: expected KEY=VALUE, e.g. --set model.activation=sigmoid")
+    parts = key.split(".")
+    bad = next((part for part in parts if not KEY_PART.match(part)), None)
+    if bad is not None:
+        what = "an empty part" if not bad else f"the part {short(bad)}"
+        raise ConfigError(f"{SET_ORIGIN} {short(item)}: the key {short(key)} has {what}; allowed: dotted names such as "
+                          "model.hidden or optimizer.lr")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{SET_ORIGIN} {item!r}: value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    parts = key.split(".")
+        raise ConfigError(f"{SET_ORIGIN} {short(item)}: value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{SET_ORIGIN} {short(item)}: value nested too deeply") from None
     node = merged
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -159,9 +201,7 @@ def _describe(exc: ValidationError, origins: dict[str, str], path: Path) -> str:
     """One line per problem: '<file>: <key>: <problem> (got <value>); allowed: <description>'."""
     lines = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        # Tagged-union members (e.g. batchnorm's 'BatchNormConfig' / 'literal[False]') are noise here.
-        loc = [p for p in loc if not (p[:1].isupper() or p.startswith(("literal[", "function-")))]
+        loc = _field_path(error["loc"], error["type"] == "extra_forbidden")
         key = _dotted(loc)
         source = _origin_of(loc, origins, path)
         if not key:  # a check across sections: its message names the keys
@@ -176,7 +216,7 @@ def _describe(exc: ValidationError, origins: dict[str, str], path: Path) -> str:
         if "allowed" not in message:  # registry and cross-key checks already say what is allowed
             got = error.get("input")
             allowed = _description_at(loc)
-            message += f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            message += f" (got {short(got)})" if not isinstance(got, (dict, list)) else ""
             message += f"; allowed: {allowed}" if allowed else ""
         lines.append((key, f"{source}: {key}: {message}"))
     # Unions (batchnorm: false | {position}) report once per member: keep the most specific line
@@ -189,6 +229,23 @@ def _describe(exc: ValidationError, origins: dict[str, str], path: Path) -> str:
         seen.add(key)
         kept.append(line)
     return "\n".join(kept)
+
+
+def _field_path(loc: tuple[Any, ...], unknown_last: bool) -> list[str]:
+    """The config keys in a pydantic error location, without union-member tags ('BatchNormConfig',
+    'literal[False]', 'constrained-float'): each part is kept only if it names a field (or an index)
+    where it stands; an unknown key is kept when the error is about that key."""
+    path: list[str] = []
+    model: type[BaseModel] | None = ExperimentConfig
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            path.append(str(part))
+        elif model is not None and part in model.model_fields:
+            path.append(part)
+            model = _model_at(path)
+        elif unknown_last and position == len(loc) - 1:
+            path.append(str(part))
+    return path
 
 
 def _dotted(loc: list[str]) -> str:

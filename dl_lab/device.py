@@ -41,3 +41,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new run on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    from dl_lab.memory import available_cpu_bytes
+
+    return available_cpu_bytes()

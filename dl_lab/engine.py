@@ -22,7 +22,7 @@ from dl_lab.config import ExperimentConfig
 from dl_lab.data import Dataset, Split
 from dl_lab.diagnostics import PROBE_SIZE, Diagnostics, probe
 from dl_lab.graphs import GraphedSteps, StepBody, StepOut
-from dl_lab.model import build_mlp, has_batchnorm, linear_layers, parameter_count
+from dl_lab.model import build_mlp, linear_layers, parameter_count
 from dl_lab.optimizers import OPTIMIZERS
 from dl_lab.pretraining import PretrainEpoch, pretrain_rbm
 
@@ -226,16 +226,16 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
     started = time.perf_counter()
     configure_math(config)
     generators = seed_everything(config.seed)
-    model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()
-    plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, has_batchnorm(model))
+    plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, config.model.has_batchnorm_layers)
     observer.run_started(config, plan)
     history: list[EpochMetrics] = []
     pretraining: list[PretrainEpoch] = []
     status: Status = "completed"
-    error = diverged_at = None
+    error = diverged_at = model = None
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     try:
+        model = build_mlp(config.model, data.num_features, data.num_classes).to(device)  # may fail to allocate
         if config.model.init == "rbm":
             def pretrain_epoch_done(record: PretrainEpoch) -> None:
                 pretraining.append(record)
@@ -263,8 +263,8 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
         status = "interrupted"
     except Exception:  # recorded in the run; the CLI reports it and exits non-zero
         status, error = "failed", traceback.format_exc()
-    return TrainResult(status, tuple(history), time.perf_counter() - started, plan, parameter_count(model), error,
-                       tuple(pretraining), diverged_at)
+    return TrainResult(status, tuple(history), time.perf_counter() - started, plan,
+                       parameter_count(model) if model is not None else 0, error, tuple(pretraining), diverged_at)
 
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # (summed loss, correct count) on the device

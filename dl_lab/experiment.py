@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from dl_lab.batched import train_batched
+from dl_lab.compare import ComparePlan
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import LoadedConfig, load_config
 from dl_lab.data import Dataset, load_dataset, resolve_data_root
-from dl_lab.device import resolve_device
-from dl_lab.batched import BatchedEngine, plan_batches
-from dl_lab.engine import BatchPlan, Engine, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult
+from dl_lab.device import available_bytes, resolve_device
+from dl_lab.engine import BatchPlan, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult, train
 from dl_lab.environment import environment
-from dl_lab.errors import UserError
+from dl_lab.errors import ConfigError, DataError, UserError
+from dl_lab.memory import human, parameter_count, training_bytes
 from dl_lab.pretraining import PretrainEpoch
-from dl_lab.runs import RunRecorder, create_run_dir
+from dl_lab.runs import RunRecorder
+from dl_lab.scheduling import Unit, data_key
+from dl_lab.signals import deferred
+from dl_lab.store import create_run_dir
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,11 @@ class Prepared:
 
 
 def prepare(source: str, overrides: Iterable[str], environ: Mapping[str, str]) -> Prepared:
-    """Validate the config, the device and the data. Raises UserError subclasses on bad input."""
+    """Validate the config, the device, the data and that the run fits. Raises UserError subclasses on bad input."""
     loaded = load_config(source, overrides)
     try:
         device, data = device_and_data(loaded.config, environ)
+        check_trainable(loaded.config, data, device)
     except UserError as exc:
         if exc.key is None:
             raise
@@ -48,6 +54,27 @@ def device_and_data(config: ExperimentConfig, environ: Mapping[str, str]) -> tup
     return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 
+def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.device, models: int = 1) -> None:
+    """Refuse, before anything is written, a run that cannot train: an epoch without a single batch,
+    or a model (a stack of ``models``) that cannot fit in the memory ``device`` has free."""
+    n, batch = len(data.train), config.data.batch_size
+    if BatchPlan.make(n, batch, config.data.drop_last, config.model.has_batchnorm_layers).steps == 0:
+        why = "with data.drop_last: true the only batch is partial and dropped" if config.data.drop_last else \
+            "batch norm cannot train on a single sample"
+        raise DataError(f"an epoch would have no training step: {n} training sample(s) in batches of {batch}, and {why}; "
+                        f"allowed: data.batch_size <= {n}" + (" or data.drop_last: false" if config.data.drop_last else ""),
+                        key="data.batch_size")
+    needed = training_bytes(config, data.num_features, data.num_classes, len(data.test), models)
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        stack = f" for a stack of {models} models" if models > 1 else ""
+        raise ConfigError(f"training needs about {human(needed)}{stack} ({parameter_count(config, data.num_features, data.num_classes):,} "
+                          f"parameters per model with gradients and {config.optimizer.name} state, plus a batch's activations), "
+                          f"but {device} has about {human(free)} free; allowed: smaller model.hidden widths"
+                          + (", fewer seeds or variants per stack (--engine sequential)" if models > 1 else ""),
+                          key="model.hidden")
+
+
 def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str]) -> dict[str, tuple[torch.device, Dataset]]:
     """Resolve the device and load the dataset once per distinct (device, data) setting."""
     loaded: dict[str, tuple[torch.device, Dataset]] = {}
@@ -57,102 +84,164 @@ def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str
             try:
                 loaded[key] = device_and_data(config, environ)
             except UserError as exc:
-                raise type(exc)(f"variant {config.name}: {exc.key + ': ' if exc.key else ''}{exc}") from None
+                raise _for_variant(config, exc) from None
     return loaded
 
 
-def data_key(config: ExperimentConfig) -> str:
-    """Runs with equal keys share one loaded dataset."""
-    return json.dumps([config.device, config.data.model_dump(mode="json")], sort_keys=True)
+def check_units(plan: ComparePlan, data: Mapping[str, tuple[torch.device, Dataset]]) -> None:
+    """check_trainable for every unit of work (a stack needs memory for all its models at once)."""
+    for unit in plan.units:
+        config = plan.runs[unit.runs[0]].config
+        device, dataset = data[data_key(config)]
+        try:
+            check_trainable(config, dataset, device, len(unit.runs) if unit.stacked else 1)
+        except UserError as exc:
+            raise _for_variant(config, exc) from None
+
+
+def _for_variant(config: ExperimentConfig, exc: UserError) -> UserError:
+    return type(exc)(f"variant {config.name}: {exc.key + ': ' if exc.key else ''}{exc}")
+
+
+class OnlyRuns(Observer):
+    """Passes on the events of the runs in ``keep`` only: a unit retrained whole for its unfinished
+    runs must not record (or show) the finished ones riding along."""
+
+    def __init__(self, observer: Observer, keep: set[tuple[str, int]]) -> None:
+        self.observer, self.keep, self.active = observer, keep, False
+
+    def _kept(self, config: ExperimentConfig) -> bool:
+        self.active = (config.name, config.seed) in self.keep
+        return self.active
+
+    def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
+        if self._kept(config):
+            self.observer.run_started(config, plan)
+
+    def switch_run(self, config: ExperimentConfig) -> None:
+        if self._kept(config):
+            self.observer.switch_run(config)
+
+    def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
+        if self._kept(config):
+            self.observer.run_done(config, result)
+
+    def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
+        if self.active:
+            self.observer.pretrain_epoch_done(record)
+
+    def epoch_done(self, metrics: EpochMetrics) -> None:
+        if self.active:
+            self.observer.epoch_done(metrics)
+
+    def run_finished(self, model: torch.nn.Module, data: Dataset) -> None:
+        if self.active:
+            self.observer.run_finished(model, data)
+
+    def step_done(self, epoch: int, step: int, losses: torch.Tensor, samples: int) -> None:
+        self.observer.step_done(epoch, step, losses, samples)
 
 
 class CompareRecorder(Observer):
-    """Gives every run of a comparison its own run folder inside the comparison folder."""
+    """Gives every recorded run of a comparison its planned folder inside the comparison folder,
+    created when the run starts."""
 
-    def __init__(self, folder: Path, env: dict) -> None:
-        self.folder, self.env = folder, env
+    def __init__(self, folder: Path, env: dict, folders: Mapping[tuple[str, int], str]) -> None:
+        self.folder, self.env, self.folders = folder, env, folders
         self.open: dict[tuple[str, int], RunRecorder] = {}  # started, not yet done
         self.current: RunRecorder | None = None
         self.summaries: list[dict] = []
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
-        run_folder = create_run_dir(self.folder, f"{config.name}-seed{config.seed}", timestamp=False)
-        self.current = self.open[(config.name, config.seed)] = RunRecorder(run_folder, config, self.env)
+        key = (config.name, config.seed)
+        with deferred():  # the folder appears with its first files (see RunRecorder)
+            path = self.folder / self.folders[key]
+            path.mkdir()  # unfinished leftovers were moved aside: a folder in the way is an error, not a target
+            self.current = self.open[key] = RunRecorder(path, config, self.env)
         self.current.run_started(config, plan)
 
     def switch_run(self, config: ExperimentConfig) -> None:
-        self.current = self.open[(config.name, config.seed)]
+        self.current = self.open.get((config.name, config.seed))
 
     def pretrain_epoch_done(self, record: PretrainEpoch) -> None:
-        self.current.pretrain_epoch_done(record)
+        if self.current:
+            self.current.pretrain_epoch_done(record)
 
     def epoch_done(self, metrics: EpochMetrics) -> None:
-        self.current.epoch_done(metrics)
+        if self.current:
+            self.current.epoch_done(metrics)
 
     def run_done(self, config: ExperimentConfig, result: TrainResult) -> None:
-        self.summaries.append(self.open.pop((config.name, config.seed)).finish(result))
+        key = (config.name, config.seed)
+        recorder = self.open.get(key)
+        if recorder is None:  # its folder could not be created: nothing on disk to mark
+            self.summaries.append({"name": config.name, "seed": config.seed, "status": result.status,
+                                   "run_dir": str(self.folder / self.folders[key]), "error": result.error})
+            return
+        self.summaries.append(recorder.finish(result))
+        del self.open[key]
         self.current = None
 
     def interrupted(self) -> None:
-        """Ctrl-C outside a run's training loop (setting up or recording): mark open runs interrupted."""
+        """Ctrl-C or SIGTERM outside a run's training loop (setting up or recording): mark open runs interrupted."""
         self.summaries += [recorder.interrupted() for recorder in self.open.values()]
         self.open.clear()
         self.current = None
 
 
-ENGINES = ("auto", "batched", "sequential")
-
-
-def make_engine(name: str) -> Engine:
-    """auto: batch runs that share an architecture, train lone ones as usual; batched: batch even
-    lone runs (a stack of one); sequential: one model at a time."""
-    if name == "sequential":
-        return SequentialEngine()
-    return BatchedEngine(min_batch=2 if name == "auto" else 1)
-
-
-def describe_engine(name: str, configs: list[ExperimentConfig]) -> str:
-    """'batched: 2 groups of 5 runs' — said in compare's output and recorded in summary.json."""
-    if name == "sequential":
-        return f"sequential: {len(configs)} runs one by one"
-    groups = plan_batches(configs, 2 if name == "auto" else 1)
-    sizes = sorted((len(g) for g in groups if len(g) > 1 or name == "batched"), reverse=True)
-    if not sizes:
-        return f"sequential: {len(configs)} runs share no architecture to batch"
-    alone = sum(1 for g in groups if len(g) == 1) if name == "auto" else 0
-    text = f"batched: {len(sizes)} stacked group(s) ({' + '.join(map(str, sizes))} runs)"
-    return text + (f", {alone} run(s) one by one" if alone else "")
-
-
-def run_compare(folder: Path, todo: Sequence[ExperimentConfig], data: dict[str, tuple[torch.device, Dataset]],
-                progress: Observer, engine: str = "auto") -> tuple[list[dict], bool]:
-    """Train ``todo`` (compare.runs_to_train) into run folders inside the comparison ``folder``.
-
-    Returns the summaries of the runs trained now and whether the user interrupted.
-    """
+def run_compare(folder: Path, plan: ComparePlan, todo: Sequence[tuple[Unit, frozenset[int]]],
+                data: Mapping[str, tuple[torch.device, Dataset]], progress: Observer) -> tuple[list[dict], bool]:
+    """Train the units in ``todo`` (compare.units_to_train), recording their unfinished runs in their
+    planned folders. Returns the summaries of the runs recorded now and whether training was interrupted."""
+    folders = {run.key: run.folder for run in plan.runs}
+    recorders: dict[str, CompareRecorder] = {}
     summaries: list[dict] = []
-    for key in dict.fromkeys(data_key(config) for config in todo):
+    for unit, record in todo:
+        configs = [plan.runs[i].config for i in unit.runs]
+        key = data_key(configs[0])
         device, dataset = data[key]
-        recorder = CompareRecorder(folder, environment(device, dataset.root))
-        group = [config for config in todo if data_key(config) == key]
+        if key not in recorders:
+            recorders[key] = CompareRecorder(folder, environment(device, dataset.root), folders)
+        recorder = recorders[key]
+        observer = OnlyRuns(Observers([recorder, progress]), {plan.runs[i].key for i in record})
         try:
-            results = make_engine(engine).run(group, dataset, device, Observers([recorder, progress]))
+            if unit.stacked:
+                results = train_batched(configs, dataset, device, observer)
+            else:
+                results = [train(configs[0], dataset, device, observer)]
+                observer.run_done(configs[0], results[0])
         except KeyboardInterrupt:
             recorder.interrupted()
-            return summaries + recorder.summaries, True
-        summaries += recorder.summaries
+            return summaries + _take(recorder), True
+        summaries += _take(recorder)
         if any(result.status == "interrupted" for result in results):
             return summaries, True
     return summaries, False
 
 
-def run_one(prepared: Prepared, runs_root: Path, progress: Observer) -> dict:
-    """Train one config into a new run folder; returns the summary that was written."""
+def _take(recorder: CompareRecorder) -> list[dict]:
+    taken, recorder.summaries = recorder.summaries, []
+    return taken
+
+
+def run_one(prepared: Prepared, runs_root: Path, progress: Observer) -> dict[str, Any]:
+    """Train one config into a new run folder, locked while it is written; returns the final summary.
+
+    Whatever ends the run — completion, an exception anywhere (disk full, a failed allocation),
+    Ctrl-C, SIGTERM or SIGHUP — the summary on disk says so."""
     config = prepared.loaded.config
-    recorder = RunRecorder(create_run_dir(runs_root, config.name), config,
-                           environment(prepared.device, prepared.data.root))
+    recorder = None
     try:
+        with deferred():
+            recorder = RunRecorder(create_run_dir(runs_root, config.name), config,
+                                   environment(prepared.device, prepared.data.root), lock=True)
         [result] = SequentialEngine().run([config], prepared.data, prepared.device, Observers([recorder, progress]))
-    except KeyboardInterrupt:  # arrived between engine steps (e.g. while building the model)
+        return recorder.finish(result)
+    except KeyboardInterrupt:  # arrived outside the engine's loop (setting up, or while writing)
+        if recorder is None:
+            raise
         return recorder.interrupted()
-    return recorder.finish(result)
+    except Exception:
+        if recorder is None:
+            raise
+        return recorder.failed(traceback.format_exc())

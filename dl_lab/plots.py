@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dl_lab.report import VariantResult
+from dl_lab.store import atomic_path
 
 
 def _pyplot():
@@ -42,10 +43,13 @@ def _legend(axis) -> None:
 
 
 def _write(plt, figure, path: Path) -> None:
-    """Lay out, write the PNG and free the figure."""
+    """Lay out, write the PNG atomically (a kill never leaves half a picture) and free the figure."""
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(figure)
 
 
 def _save(plt, figure, epoch_axes, path: Path) -> None:
@@ -187,6 +191,7 @@ def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> 
 PLOTS = {"curves.png": plot_curves, "train_vs_test_loss.png": plot_train_vs_test_loss,
          "final_accuracy.png": plot_final_accuracy}
 DIAGNOSTIC_PLOTS = {"gradient_norms.png": plot_gradient_norms, "activation_histograms.png": plot_activation_histograms}
+PLOT_NAMES = (*PLOTS, *DIAGNOSTIC_PLOTS)
 
 
 def write_plots(results: Sequence[VariantResult], folder: Path) -> list[Path]:

@@ -6,7 +6,6 @@ Works from files only (run folders), so `dllab report` can rebuild everything wi
 from __future__ import annotations
 
 import csv
-import json
 import math
 import operator
 import re
@@ -15,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dl_lab.compare import ComparePlan, changes_from, finished_runs, load_plan
+from dl_lab.compare import changes_from, load_plan, survey
 from dl_lab.config import ExperimentConfig
 from dl_lab.config_loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.stats import paired_test, summarize, verdict
+from dl_lab.store import (REPORT_FILES, check_report_folder, csv_text, dump_json, make_folder, read_json, report_outputs,
+                           run_status, write_atomic)
 
 METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
 HIGHER_IS_BETTER = {"test_acc": True, "train_acc": True, "test_loss": False, "train_loss": False}
@@ -53,39 +54,55 @@ class VariantResult:
 
 def read_run(folder: Path) -> RunRecord | None:
     """A completed run folder, or None for anything else (running, failed, interrupted, unreadable)."""
+    summary = read_json(folder / "summary.json")
+    if not isinstance(summary, dict) or summary.get("status") != "completed" or not summary.get("final"):
+        return None
     try:
-        summary = json.loads((folder / "summary.json").read_text())
-        with (folder / "metrics.csv").open(newline="") as handle:
+        with (folder / "metrics.csv").open(newline="", encoding="utf-8") as handle:
             metrics = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
-    except (OSError, ValueError):
+        return RunRecord(int(summary["seed"]), summary, metrics)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    if summary.get("status") != "completed" or not summary.get("final"):
-        return None
-    return RunRecord(int(summary["seed"]), summary, metrics)
 
 
-def load_compare(folder: Path) -> tuple[ComparePlan, list[VariantResult]]:
-    """Each planned variant with its completed runs, matched by config hash and seed."""
+@dataclass(frozen=True)
+class Loaded:
+    """What a report is built from: each variant with its completed runs, the seeds, and what is missing."""
+
+    results: list[VariantResult]
+    seeds: list[int]
+    unfinished: list[str]  # 'relu-seed778: interrupted', one per planned or found run that did not complete
+
+
+def load_compare(folder: Path) -> Loaded:
+    """Each planned variant with its completed runs (compare.survey: planned folders, configs that match)."""
     plan = load_plan(folder)
-    done, _ = finished_runs(folder, plan)
-    results = []
-    for variant in plan.variants:
-        result = VariantResult(variant.label, variant.config)
-        digest = variant.config.experiment_hash()  # the same for every seed
-        records = (read_run(done[(digest, seed)]) for seed in plan.seeds if (digest, seed) in done)
-        result.runs += [record for record in records if record]
-        results.append(result)
-    return plan, results
+    found = survey(folder, plan)
+    results = {variant.label: VariantResult(variant.label, variant.config) for variant in plan.variants}
+    unfinished = [line.split(": ", 1)[1].split(";")[0] for line in found.mismatched]
+    for index, run in enumerate(plan.runs):
+        record = read_run(folder / run.folder) if index in found.done else None
+        if record is not None:
+            results[run.variant.label].runs.append(record)
+        elif not any(line.startswith(f"{folder / run.folder}:") for line in found.mismatched):
+            unfinished.append(f"{run.folder}: {run_status(folder / run.folder) or 'not started'}")
+    for result in results.values():
+        result.runs.sort(key=lambda r: r.seed)
+    return Loaded(list(results.values()), list(plan.seeds), unfinished)
 
 
-def load_loose_runs(folders: Sequence[Path]) -> list[VariantResult]:
+def load_loose_runs(folders: Sequence[Path]) -> Loaded:
     """Train runs grouped by (name, config hash); seeds are the replicates."""
     groups: dict[tuple[str, str], VariantResult] = {}
+    unfinished: list[str] = []
     for folder in folders:
         candidates = [folder] if (folder / "summary.json").is_file() else sorted(p.parent for p in folder.glob("*/summary.json"))
         for run_folder in candidates:
             record = read_run(run_folder)
             if record is None:
+                status = run_status(run_folder)
+                if status is not None:
+                    unfinished.append(f"{run_folder}: {status}")
                 continue
             config = load_config(str(run_folder / "config.yaml")).config
             key = (config.name, record.summary.get("config_hash", config.experiment_hash()))
@@ -95,7 +112,8 @@ def load_loose_runs(folders: Sequence[Path]) -> list[VariantResult]:
         if labels.count(name) > 1:
             result.label = f"{name}#{digest[:6]}"
         result.runs.sort(key=lambda r: r.seed)
-    return list(groups.values())
+    results = list(groups.values())
+    return Loaded(results, sorted({seed for result in results for seed in result.seeds}), unfinished)
 
 
 # ---- table -------------------------------------------------------------------------------------
@@ -231,6 +249,7 @@ def check_expectation(expectation: Expectation, results: Sequence[VariantResult]
 def build_summary(results: Sequence[VariantResult], rows: Sequence[dict[str, Any]], seeds: Sequence[int],
                   expectations: Sequence[dict[str, Any]], status: str, folder: Path) -> dict[str, Any]:
     return {
+        "kind": "comparison",
         "folder": str(folder),
         "status": status,
         "seeds": list(seeds),
@@ -248,22 +267,33 @@ def build_summary(results: Sequence[VariantResult], rows: Sequence[dict[str, Any
     }
 
 
-def write_report(folder: Path, results: Sequence[VariantResult], seeds: Sequence[int],
-                 expectations: Sequence[Expectation], alpha: float | None, status: str,
-                 engine: str | None = None) -> dict[str, Any]:
-    """table.md, table.csv, summary.json and the PNG plots in ``folder``; returns the summary."""
-    from dl_lab.plots import write_plots  # plots import this module's types
-    from dl_lab.runs import csv_text, dump_json, write_atomic
+def output_names() -> list[str]:
+    """Every file a report may write."""
+    from dl_lab.plots import PLOT_NAMES
 
-    rows = table_rows(results, alpha if alpha is not None else 0.05)
-    checks = [check_expectation(e, results, alpha) for e in expectations]
-    summary = build_summary(results, rows, seeds, checks, status, folder)
+    return [*REPORT_FILES, *PLOT_NAMES]
+
+
+def write_report(folder: Path, loaded: Loaded, expectations: Sequence[Expectation], alpha: float | None, status: str,
+                 engine: str | None = None, compare_folder: Path | None = None) -> dict[str, Any]:
+    """table.md, table.csv, summary.json and the PNG plots in ``folder`` (store.check_report_folder
+    says where that is allowed), each written atomically; returns the summary."""
+    from dl_lab.plots import write_plots  # plots import this module's types
+
+    check_report_folder(folder, output_names(), compare_folder)
+    earlier = report_outputs(folder) if folder.is_dir() else set()
+    rows = table_rows(loaded.results, alpha if alpha is not None else 0.05)
+    checks = [check_expectation(e, loaded.results, alpha) for e in expectations]
+    summary = build_summary(loaded.results, rows, loaded.seeds, checks, status, folder)
+    summary["unfinished"] = loaded.unfinished
     if engine:
         summary["engine"] = engine  # how the runs trained in this invocation were trained
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "--out")
     write_atomic(folder / "table.md", markdown_table(rows))
     write_atomic(folder / "table.csv", csv_text(list(rows[0]), rows, digits=None))  # full precision: p-values
-    summary["plots"] = [p.name for p in write_plots(results, folder)]
+    summary["plots"] = [p.name for p in write_plots(loaded.results, folder)]
+    # Files written by this report or an earlier one: a later report may overwrite exactly these.
+    summary["outputs"] = sorted({*REPORT_FILES, *summary["plots"], *(n for n in earlier if (folder / n).exists())})
     write_atomic(folder / "summary.json", dump_json(summary))
     return summary
 
@@ -278,7 +308,6 @@ def table_rows_from_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def report_compare(folder: Path, expectations: Sequence[Expectation], alpha: float | None,
                    interrupted: bool = False, engine: str | None = None) -> dict[str, Any]:
     """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed."""
-    plan, results = load_compare(folder)
-    complete = all(len(result.runs) == len(plan.seeds) for result in results)
-    status = "completed" if complete else "interrupted" if interrupted else "failed"
-    return write_report(folder, results, plan.seeds, expectations, alpha, status, engine)
+    loaded = load_compare(folder)
+    status = "completed" if not loaded.unfinished else "interrupted" if interrupted else "failed"
+    return write_report(folder, loaded, expectations, alpha, status, engine, compare_folder=folder)

@@ -7,13 +7,9 @@ start and is rewritten once the run ends, so a killed process never looks finish
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import re
-import tempfile
+import contextlib
 import time
+import traceback
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,44 +20,14 @@ import yaml
 from dl_lab.config import ExperimentConfig
 from dl_lab.diagnostics import WarningTracker
 from dl_lab.engine import FINAL_KEYS, BatchPlan, EpochMetrics, Observer, TrainResult
+from dl_lab.locks import FolderLock
 from dl_lab.pretraining import PretrainEpoch
+from dl_lab.signals import deferred
+from dl_lab.store import csv_text, dump_json, write_atomic, write_in_place
 
 OPTIONAL_COLUMNS = ["train_eval_loss", "train_eval_acc"]  # only with train.eval_train
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics) if f.name not in (*OPTIONAL_COLUMNS, "diagnostics")]
 PRETRAIN_COLUMNS = [f.name for f in fields(PretrainEpoch)]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def create_run_dir(runs_root: Path, name: str, timestamp: bool = True, prefix: str = "") -> Path:
-    """runs/<prefix><UTC timestamp>-<name>[-N] (no name: runs/<prefix><UTC timestamp>[-N]); mkdir is
-    atomic, so two runs never share a folder."""
-    runs_root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") if timestamp else ""
-    base = prefix + "-".join(part for part in (stamp, safe_name(name) if name else "") if part)
-    for attempt in range(1, 10_000):
-        candidate = runs_root / (base if attempt == 1 else f"{base}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a run folder under {runs_root}")
-
-
-def safe_name(name: str) -> str:
-    """A folder-name-safe form of a run or variant name."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "run"
 
 
 def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) -> str:
@@ -71,27 +37,19 @@ def metrics_csv(history: Sequence[EpochMetrics], with_train_eval: bool = False) 
     return csv_text(columns, [m.as_dict() for m in history])
 
 
-def csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]], digits: int | None = 6) -> str:
-    """CSV with a header; keys outside ``columns`` are left out, floats rounded to ``digits`` (None: kept)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (round(v, digits) if isinstance(v, float) and digits is not None else v) for k, v in row.items()})
-    return out.getvalue()
-
-
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2) + "\n"
-
-
 @dataclass
 class RunRecorder(Observer):
-    """Engine observer that keeps a run folder current: metrics after every epoch, summary at the end."""
+    """Engine observer that keeps a run folder current: metrics after every epoch, summary at the end.
+
+    The summary says ``running`` from the first moment; the final write (finish, interrupted or
+    failed) happens once, with termination signals held until it is done. With ``lock`` the folder
+    is locked for as long as the run writes (a lone `dllab train` run; a comparison's runs live
+    under the comparison's lock), so a reader can tell a killed run from a live one."""
 
     folder: Path
     config: ExperimentConfig
     env: dict[str, Any]
+    lock: bool = False
 
     def __post_init__(self) -> None:
         self.history: list[EpochMetrics] = []
@@ -100,10 +58,16 @@ class RunRecorder(Observer):
         self.plan: BatchPlan | None = None
         self.started_at = _now()
         self._started = time.perf_counter()
-        write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
-        write_atomic(self.folder / "env.json", dump_json(self.env))
-        self._write_metrics()
-        self._write_summary("running")
+        self._lock = FolderLock(self.folder, "run folder").acquire() if self.lock else None
+        self.final: dict[str, Any] | None = None  # the summary written when the run ended
+        try:
+            write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
+            write_atomic(self.folder / "env.json", dump_json(self.env))
+            self._write_metrics()
+            self._write_summary("running")
+        except Exception:
+            self.failed(traceback.format_exc())
+            raise
 
     def run_started(self, config: ExperimentConfig, plan: BatchPlan) -> None:
         self.plan = plan
@@ -120,23 +84,68 @@ class RunRecorder(Observer):
         self._write_summary("running")
 
     def finish(self, result: TrainResult) -> dict[str, Any]:
-        """Write the final summary from the engine's result and return it."""
-        self.history = list(result.history)
-        for metrics in self.history:
-            self.warnings.new(metrics.diagnostics)
-        self._write_metrics()
-        return self._write_summary(result.status, result)
+        """Write the final metrics and summary from the engine's result and return the summary."""
+        if self.final is None:
+            self.history = list(result.history)
+            for metrics in self.history:
+                self.warnings.new(metrics.diagnostics)
+        return self._close(result.status, result)
+
+    def interrupted(self) -> dict[str, Any]:
+        """For an interrupt that arrived outside the engine (e.g. while writing)."""
+        return self._close("interrupted")
+
+    def failed(self, error: str) -> dict[str, Any]:
+        """For an exception outside the engine (e.g. the disk filled up while writing)."""
+        return self._close("failed", error=error)
+
+    def _close(self, status: str, result: TrainResult | None = None, error: str | None = None) -> dict[str, Any]:
+        """The final write, once: metrics, then the summary (the commit point), then error.txt.
+
+        If writing fails (disk full...) the run is marked failed with whatever space is left: the
+        summary is rewritten in place, in the space the running summary held."""
+        if self.final is not None:
+            return self.final
+        with deferred():
+            try:
+                self._write_metrics()
+                self.final = self._write_summary(status, result, error)
+            except Exception:
+                error = traceback.format_exc()
+                self.final = self._last_resort(self._summary("failed", result, error), error)
+            finally:
+                if self._lock is not None:
+                    self._lock.release(remove=True)  # a run folder has one writer, ever
+        return self.final
+
+    def _last_resort(self, summary: dict[str, Any], error: str) -> dict[str, Any]:
+        """Write a failed summary however possible: atomically, else a short one in place (a full disk
+        has no room for a second file but has the room the old summary held); then error.txt."""
+        try:
+            write_atomic(self.folder / "summary.json", dump_json(summary))
+        except OSError:
+            short = {key: summary[key] for key in ("name", "status", "seed", "epochs", "run_dir", "error", "finished_at")}
+            with contextlib.suppress(OSError):
+                write_in_place(self.folder / "summary.json", dump_json(short))
+        with contextlib.suppress(OSError):
+            write_atomic(self.folder / "error.txt", error)
+        return summary
 
     def _write_metrics(self) -> None:
         write_atomic(self.folder / "metrics.csv", metrics_csv(self.history, self.config.train.eval_train))
 
-    def interrupted(self) -> dict[str, Any]:
-        """For an interrupt that arrived outside the engine (e.g. while writing)."""
-        return self._write_summary("interrupted")
+    def _write_summary(self, status: str, result: TrainResult | None = None, error: str | None = None) -> dict[str, Any]:
+        summary = self._summary(status, result, error)
+        write_atomic(self.folder / "summary.json", dump_json(summary))
+        traceback_text = error or (result.error if result and result.status == "failed" else None)
+        if status == "failed" and traceback_text:
+            write_atomic(self.folder / "error.txt", traceback_text)
+        return summary
 
-    def _write_summary(self, status: str, result: TrainResult | None = None) -> dict[str, Any]:
+    def _summary(self, status: str, result: TrainResult | None, error: str | None = None) -> dict[str, Any]:
         final = self.history[-1] if self.history else None
         plan = result.plan if result else self.plan
+        error = error or (result.error if result else None)
         summary = {
             "name": self.config.name,
             "status": status,
@@ -157,7 +166,7 @@ class RunRecorder(Observer):
             "started_at": self.started_at,
             "finished_at": _now() if status != "running" else None,
             "run_dir": str(self.folder),
-            "error": (result.error.strip().splitlines()[-1] if result and result.error else None),
+            "error": error.strip().splitlines()[-1] if error else None,
             "diverged_at": result.diverged_at if result else None,
             "warnings": self.warnings.all,
         }
@@ -172,9 +181,6 @@ class RunRecorder(Observer):
                                          for layer in layers],
                 "seconds": round(sum(r.seconds for r in self.pretraining), 3),
             }
-        write_atomic(self.folder / "summary.json", dump_json(summary))
-        if result and result.status == "failed" and result.error:
-            write_atomic(self.folder / "error.txt", result.error)
         return summary
 
 

@@ -19,7 +19,7 @@ import torch
 from dl_lab.engine import Observer, Observers, evaluate
 from dl_lab.experiment import prepare, run_one
 from dl_lab.progress import PlainProgress
-from dl_lab.runs import create_run_dir
+from dl_lab.store import create_run_dir
 
 PUBLISHED = {  # preset -> (test_acc, test_loss) from the lab; None where the lab gives none
     "softmax": (0.8944, None), "nn_normal": (0.9423, None), "xavier": (0.9805, None), "deep": (0.9819, None),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dl_lab.batched import BatchedEngine, batch_key, plan_batches, train_batched
+from dl_lab.batched import BatchedEngine, train_batched
+from dl_lab.scheduling import batch_key, plan_batches
 from dl_lab.cli import app
 from dl_lab.config import ExperimentConfig
 from dl_lab.data import DataRoot, load_dataset

@@ -43,7 +43,7 @@ def test_a_vary_grid_expands_into_labelled_variants_with_matched_seeds():
         "activation=tanh,init=normal", "activation=tanh,init=xavier_uniform",
         "activation=relu,init=normal", "activation=relu,init=xavier_uniform"]
     assert plan.seeds == (5, 6, 7)
-    runs = plan.runs()
+    runs = plan.runs
     assert len(runs) == 18 and [r.seed for r in runs[:6]] == [5] * 6  # seed-major, every variant per seed
     assert runs[1].config.model.init == "xavier_uniform" and runs[1].config.seed == 5
 

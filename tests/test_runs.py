@@ -9,7 +9,8 @@ import yaml
 
 from dl_lab.config import ExperimentConfig
 from dl_lab.engine import BatchPlan, EpochMetrics, TrainResult
-from dl_lab.runs import METRIC_COLUMNS, RunRecorder, create_run_dir, write_atomic
+from dl_lab.runs import METRIC_COLUMNS, RunRecorder
+from dl_lab.store import create_run_dir, write_atomic
 
 CONFIG = ExperimentConfig(name="unit")
 ENV = {"device": "cpu", "device_name": "test"}

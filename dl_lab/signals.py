@@ -1,0 +1,72 @@
+"""How a dllab process ends when it is told to: SIGINT, SIGTERM and SIGHUP all mean "stop and say so".
+
+Each of them raises ``Interrupted`` (a KeyboardInterrupt) in the main thread, so every place that
+already turns Ctrl-C into status ``interrupted`` handles `kill`, CI timeouts, Slurm preemption and a
+closed terminal the same way. The exit code is 128 + the signal's number (130, 143, 129).
+
+``deferred()`` marks a short critical section (writing the files that commit a result): a signal
+that arrives inside it is held and raised when the section ends, so a result is never half-committed.
+The handlers run in Python between bytecodes, which is why masking with pthread_sigmask is not used:
+torch's worker threads would receive the signal instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_state = {"received": None, "depth": 0, "pending": None}
+
+
+def _handler(signum: int, frame: object) -> None:
+    _state["received"] = signum
+    if _state["depth"]:
+        _state["pending"] = _state["pending"] or signum
+        return
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Route SIGINT, SIGTERM and SIGHUP to Interrupted (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in HANDLED:
+        signal.signal(signum, _handler)
+
+
+def exit_code(default: int = signal.SIGINT) -> int:
+    """128 + the number of the last termination signal received (SIGINT when none was)."""
+    return 128 + int(_state["received"] or default)
+
+
+def note(exc: BaseException) -> None:
+    """Remember a KeyboardInterrupt that did not come through our handler (a plain Ctrl-C in tests)."""
+    if _state["received"] is None:
+        _state["received"] = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold termination signals until the block ends, then raise the first one that arrived."""
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        pending = _state["pending"]
+        if pending is not None and _state["depth"] == 0:
+            _state["pending"] = None
+            raise Interrupted(pending)
