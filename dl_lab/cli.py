@@ -275,13 +275,16 @@ def report(
         target = _folder(out) if out is not None else compare_folder
         if target is not None:
             check_report_folder(target, output_names(), compare_folder)
+            if target.is_dir():  # one writer: a comparison still training there, or another report
+                held.enter_context(FolderLock(target, "comparison" if target == compare_folder else "report folder"))
         loaded = load_compare(compare_folder) if compare_folder else load_loose_runs(folders)
         if not any(result.runs for result in loaded.results):
             raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}")
         expectations = [parse_expectation(text, [r.label for r in loaded.results]) for text in expect or []]
-        target = target or create_run_dir(Path("runs"), "", prefix="report-")  # after validation: no empty folders
-        make_folder(target, "--out")
-        held.enter_context(FolderLock(target, "comparison" if target == compare_folder else "report folder"))
+        if target is None or not target.is_dir():  # created after validation: no empty folders
+            target = target or create_run_dir(Path("runs"), "", prefix="report-")
+            make_folder(target, "--out")
+            held.enter_context(FolderLock(target, "report folder"))
         status = "incomplete" if loaded.unfinished else "completed"
         summary = write_report(target, loaded, expectations, alpha, status, compare_folder=compare_folder)
         _render_comparison(summary, target, json_)

@@ -43,6 +43,7 @@ def install() -> None:
     """Route SIGINT, SIGTERM and SIGHUP to Interrupted (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _state.update(received=None, depth=0, pending=None)  # one command per install (tests run several in a process)
     for signum in HANDLED:
         signal.signal(signum, _handler)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from dl_lab.errors import ConfigError
-from dl_lab.locks import is_locked
+from dl_lab.locks import holder, is_locked
 
 STALE_FOLDER = ".stale"
 PLAN_FILE = "plan.json"
@@ -177,8 +177,9 @@ def run_status(folder: Path, summary: Any = None) -> str | None:
     if not is_run_summary(summary):
         return None
     status = summary["status"]
-    if status == "running" and not (is_locked(folder) or ((folder.parent / PLAN_FILE).is_file() and is_locked(folder.parent))):
-        return "interrupted"
+    writers = [folder, folder.parent] if (folder.parent / PLAN_FILE).is_file() else [folder]
+    if status == "running" and not any(is_locked(f) and holder(f) != os.getpid() for f in writers):
+        return "interrupted"  # (a lock this process holds is a report's: it writes no run)
     return status
 
 
