@@ -188,9 +188,9 @@ def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: to
     try:
         for index, config in enumerate(configs):
             generators = seed_everything(config.seed)
-            model = build_mlp(config.model, data.num_features, data.num_classes).to(device)
             observer.run_started(config, plan)
             started += 1
+            model = build_mlp(config.model, data.num_features, data.num_classes).to(device)  # may fail to allocate
             if config.model.init == "rbm":
                 pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain,
                              lambda record, i=index: (pretraining[i].append(record), observer.pretrain_epoch_done(record)))

@@ -114,7 +114,9 @@ def train(
     else:
         typer.echo(_result_text(summary))
     if summary["status"] == "failed":
-        typer.echo(f"error: training failed: {summary['error']} (traceback in {summary['run_dir']}/error.txt)", err=True)
+        error_file = Path(summary["run_dir"]) / "error.txt"
+        where = f" (traceback in {error_file})" if error_file.is_file() else ""
+        typer.echo(f"error: training failed: {summary['error']}{where}", err=True)
     if summary["status"] == "diverged":
         typer.echo(f"error: training diverged: {summary['error']}. The metrics of the epochs before are kept in "
                    f"{summary['run_dir']}; a smaller optimizer.lr usually helps.", err=True)

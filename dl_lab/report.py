@@ -289,6 +289,9 @@ def write_report(folder: Path, loaded: Loaded, expectations: Sequence[Expectatio
     if engine:
         summary["engine"] = engine  # how the runs trained in this invocation were trained
     make_folder(folder, "--out")
+    # summary.json first, claiming every file this report may write, so a report killed half-way
+    # leaves files a later report recognises as its own; rewritten at the end with what was written.
+    write_atomic(folder / "summary.json", dump_json({**summary, "plots": [], "outputs": output_names()}))
     write_atomic(folder / "table.md", markdown_table(rows))
     write_atomic(folder / "table.csv", csv_text(list(rows[0]), rows, digits=None))  # full precision: p-values
     summary["plots"] = [p.name for p in write_plots(loaded.results, folder)]

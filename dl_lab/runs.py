@@ -60,6 +60,7 @@ class RunRecorder(Observer):
         self._started = time.perf_counter()
         self._lock = FolderLock(self.folder, "run folder").acquire() if self.lock else None
         self.final: dict[str, Any] | None = None  # the summary written when the run ended
+        self._written = 0  # epochs in metrics.csv
         try:
             write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
             write_atomic(self.folder / "env.json", dump_json(self.env))
@@ -112,6 +113,7 @@ class RunRecorder(Observer):
                 self.final = self._write_summary(status, result, error)
             except Exception:
                 error = traceback.format_exc()
+                del self.history[self._written:]  # the summary describes the epochs metrics.csv holds
                 self.final = self._last_resort(self._summary("failed", result, error), error)
             finally:
                 if self._lock is not None:
@@ -133,6 +135,7 @@ class RunRecorder(Observer):
 
     def _write_metrics(self) -> None:
         write_atomic(self.folder / "metrics.csv", metrics_csv(self.history, self.config.train.eval_train))
+        self._written = len(self.history)
 
     def _write_summary(self, status: str, result: TrainResult | None = None, error: str | None = None) -> dict[str, Any]:
         summary = self._summary(status, result, error)
