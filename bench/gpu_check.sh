@@ -15,8 +15,10 @@ export DLLAB_DATA_DIR=$PWD/.device-data PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-echo "== test suite (CUDA present) =="
-python3 -m pytest -q 2>&1 | tail -8
+echo "== test suite (CUDA present; the slow fault-injection runs are CPU-only and left to CI) =="
+python3 -m pytest -q -m "not slow" -p no:cacheprovider 2>&1 | tail -8
+echo "== the CUDA-only tests, by name =="
+python3 -m pytest -q -k cuda -rA -p no:cacheprovider 2>&1 | grep -E "PASSED|FAILED|SKIPPED|passed|failed"
 
 echo "== lab relu preset, 15 epochs, cuda =="
 python3 -m dl_lab train --config configs/relu.yaml --set device=cuda --json --runs-dir /tmp/runs > "$OUT/relu15.json" 2> "$OUT/relu15.log"
@@ -41,6 +43,22 @@ python3 -m dl_lab compare sigmoid relu --seeds 2 --set train.epochs=1 --set "mod
   --set optimizer.name=sgd --set optimizer.lr=0.01 --set model.init=xavier_uniform --device cuda \
   --runs-dir /tmp/runs-cmp --expect "relu > sigmoid" 2>/dev/null | tail -8; echo "rc=$? (expect 0)"
 python3 -m dl_lab compare --resume /tmp/runs-cmp/compare-* --expect "sigmoid > relu" 2>/dev/null | tail -3; echo "rc=${PIPESTATUS[0]} (expect 1)"
+
+echo "== SIGTERM during a cuda compare, then --resume: the same table as an uninterrupted run? =="
+G="compare relu sigmoid --seeds 3 --set train.epochs=3 --device cuda"
+python3 -m dl_lab $G --runs-dir /tmp/res-ref >/dev/null 2>&1; echo "reference rc=$?"
+python3 -m dl_lab $G --runs-dir /tmp/res-int >/dev/null 2>/tmp/res-int.log & P=$!
+for i in $(seq 1 900); do [ "$(cat /tmp/res-int/compare-*/relu-seed777/metrics.csv 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.1; done
+kill -TERM $P; wait $P; echo "interrupted rc=$? (expect 143)"; tail -1 /tmp/res-int.log
+python3 -m dl_lab compare --resume /tmp/res-int/compare-* >/dev/null 2>/tmp/res-resume.log; echo "resume rc=$? $(grep engine /tmp/res-resume.log)"
+python3 - <<'PY'
+import csv, glob
+rows = lambda f: [{k: v for k, v in r.items() if k != "seconds_per_run"} for r in csv.DictReader(open(f))]
+[a], [b] = glob.glob("/tmp/res-ref/compare-*/table.csv"), glob.glob("/tmp/res-int/compare-*/table.csv")
+print("tables equal:", rows(a) == rows(b))
+for x, y in zip(rows(a), rows(b)):
+    print(" ", x["variant"], x["test_acc_mean"], y["test_acc_mean"])
+PY
 
 echo "== divergence on cuda: SGD lr 50 =="
 python3 -m dl_lab train --config relu --set device=cuda --set optimizer.name=sgd --set optimizer.lr=50 --runs-dir /tmp/runs 2>&1 | tail -2; echo "rc=${PIPESTATUS[0]} (expect 3)"

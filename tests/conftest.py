@@ -14,6 +14,12 @@ HAS_MNIST = (MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 needs_mnist = pytest.mark.skipif(
     not HAS_MNIST, reason=f"real MNIST not found under {MNIST_ROOT}/MNIST/raw (set DLLAB_DATA_DIR to run these)")
 
+def child_env() -> dict[str, str]:
+    """The environment for a dllab started in another namespace or shell: this checkout first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
 # A small, fast experiment: synthetic data, CPU, two epochs.
 FAST = {"device": "cpu", "data": {"dataset": "synthetic"}, "train": {"epochs": 2}}
 

@@ -4,7 +4,6 @@ file or option and the key, no traceback, and nothing written where runs go."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST
+from conftest import FAST, child_env
 from dl_lab.cli import app
 from dl_lab.compare import plan_comparison
 from dl_lab.config_loader import load_config
@@ -148,7 +147,7 @@ def test_a_read_only_runs_dir_is_refused(tmp_path):
     script = (f"mount -t tmpfs -o ro,size=1m tmpfs {mount} || exit 77; "
               f"exec {sys.executable} -m dl_lab train -c {fast} --runs-dir {mount}/runs")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                            env=child_env())
     if result.returncode == 77 or "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
     assert result.returncode == 2, result.stderr

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST
+from conftest import FAST, child_env
 from dl_lab.cli import app
 from dl_lab.store import run_status
 
-ROOT = Path(__file__).resolve().parents[1]
 # A 2 x 3 comparison whose training takes a few seconds, so random points land in every phase.
 # About 12 s on a 2-core CPU: 3 s of start-up, 5 s of training (two stacks of three), 3 s of tables and plots.
 GRID = ["compare", "relu", "sigmoid", "--seeds", "3", "--set", "device=cpu", "--set", "data.dataset=synthetic",
@@ -239,7 +238,7 @@ def test_disk_full_on_a_real_tiny_file_system(tmp_path):
               f"{sys.executable} -m dl_lab train -c {config} --runs-dir {mount}/runs >/dev/null 2>{mount}/../err.txt; "
               f"echo rc=$?; cat {mount}/runs/*/summary.json; cat {mount}/runs/*/metrics.csv | wc -l")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=child_env())
     if result.returncode == 77 or "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
     first, _, rest = result.stdout.partition("\n")
