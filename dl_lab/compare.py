@@ -26,7 +26,7 @@ from dl_lab.config import MAX_NAME_LENGTH, ExperimentConfig
 from dl_lab.config_loader import load_config, short
 from dl_lab.errors import ConfigError
 from dl_lab.locks import FolderLock
-from dl_lab.scheduling import Unit, plan_units
+from dl_lab.scheduling import Unit, batch_key, data_key, plan_units
 from dl_lab.signals import deferred
 from dl_lab.store import PLAN_FILE, create_run_dir, dump_json, read_json, safe_name, set_aside, write_atomic
 
@@ -161,6 +161,11 @@ def _plan_from_record(record: PlanFile, derive_units: bool) -> ComparePlan:
     covered = sorted(i for unit in units for i in unit.runs)
     if covered != list(range(len(runs))):
         raise ValueError("its units do not cover every run exactly once")
+    for unit in units:
+        configs = [runs[i].config for i in unit.runs]
+        if len({batch_key(c) for c in configs}) > 1 or len({data_key(c) for c in configs}) > 1 or \
+                (not unit.stacked and len(configs) > 1):
+            raise ValueError(f"a unit holds runs that cannot train together ({', '.join(runs[i].folder for i in unit.runs)})")
     return ComparePlan(variants, record.seeds, tuple(runs), tuple(units), record.engine)
 
 

@@ -213,7 +213,8 @@ def check_report_folder(target: Path, names: Iterable[str], compare_folder: Path
         raise ConfigError(f"--out {target}: holds a run or a comparison, which a report must not overwrite; "
                           f"allowed: a new or empty folder (e.g. --out {target}/report)")
     ours = report_outputs(target)
-    entries = [p.name for p in target.iterdir() if p.name not in (".lock", STALE_FOLDER)]
+    entries = [p.name for p in target.iterdir()
+               if p.name not in (".lock", STALE_FOLDER) and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
     if not own and not ours and entries:
         raise ConfigError(f"--out {target}: holds files dl_lab did not write ({', '.join(sorted(entries)[:3])}"
                           f"{', …' if len(entries) > 3 else ''}); allowed: a new or empty folder, or an earlier report's")
