@@ -358,7 +358,7 @@ def options() -> None:
 
 
 def main() -> None:
-    from dl_lab.progress import PipeSafe
+    from dl_lab.pipes import PipeSafe
 
     # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)

@@ -165,8 +165,8 @@ def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom dl_lab.cli import app\n"
-            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom dl_lab.cli import app, main\nsys.argv = ['dllab', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"  # the console script's own path, streams and all
             "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
             "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
