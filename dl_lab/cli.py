@@ -213,7 +213,7 @@ def compare(
         check_units(plan, data)
         if resume is not None:
             found = survey(resume, plan)
-            found.refuse_mismatched()
+            found.refuse_mismatched(resume, plan)
             check_report_folder(resume, output_names(), compare_folder=resume)
             folder = resume
         else:

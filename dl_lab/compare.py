@@ -317,11 +317,14 @@ def create_compare_dir(runs_root: Path, plan: ComparePlan, options: Mapping[str,
 class Survey:
     done: frozenset[int]  # indices of planned runs completed with the planned config
     unfinished: tuple[Path, ...]  # planned run folders holding anything else (to move aside)
-    mismatched: tuple[str, ...]  # completed runs that do not match the plan: why, one line each (never touched)
+    mismatched: dict[int, str]  # completed runs that do not match the plan, and why (never touched)
 
-    def refuse_mismatched(self) -> None:
+    def refuse_mismatched(self, folder: Path, plan: ComparePlan) -> None:
         if self.mismatched:
-            raise ConfigError(self.mismatched[0] + (f" (and {len(self.mismatched) - 1} more)" if len(self.mismatched) > 1 else ""))
+            index, problem = next(iter(self.mismatched.items()))
+            more = f" (and {len(self.mismatched) - 1} more)" if len(self.mismatched) > 1 else ""
+            raise ConfigError(f"{folder / plan.runs[index].folder}: {problem}{more}; the run is kept as it is: restore "
+                              f"{PLAN_FILE} or the run's files, or move the folder away to retrain it")
 
 
 def survey(folder: Path, plan: ComparePlan) -> Survey:
@@ -329,7 +332,7 @@ def survey(folder: Path, plan: ComparePlan) -> Survey:
 
     A run is done when it completed and its stored config.yaml, loaded through today's schema,
     means the same as the plan's config for it."""
-    done, unfinished, mismatched = set(), [], []
+    done, unfinished, mismatched = set(), [], {}
     for index, run in enumerate(plan.runs):
         path = folder / run.folder
         if not path.exists() and not path.is_symlink():
@@ -340,11 +343,10 @@ def survey(folder: Path, plan: ComparePlan) -> Survey:
             continue
         problem = _mismatch(path, run)
         if problem:
-            mismatched.append(f"{path}: {problem}; the run is kept as it is: restore {PLAN_FILE} or the run's files, or "
-                              "move the folder away to retrain it")
+            mismatched[index] = problem
         else:
             done.add(index)
-    return Survey(frozenset(done), tuple(unfinished), tuple(mismatched))
+    return Survey(frozenset(done), tuple(unfinished), mismatched)
 
 
 def _mismatch(path: Path, run: PlannedRun) -> str | None:

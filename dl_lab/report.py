@@ -79,13 +79,14 @@ def load_compare(folder: Path) -> Loaded:
     plan = load_plan(folder)
     found = survey(folder, plan)
     results = {variant.label: VariantResult(variant.label, variant.config) for variant in plan.variants}
-    unfinished = [line.split(": ", 1)[1].split(";")[0] for line in found.mismatched]
+    unfinished = []
     for index, run in enumerate(plan.runs):
         record = read_run(folder / run.folder) if index in found.done else None
         if record is not None:
             results[run.variant.label].runs.append(record)
-        elif not any(line.startswith(f"{folder / run.folder}:") for line in found.mismatched):
-            unfinished.append(f"{run.folder}: {run_status(folder / run.folder) or 'not started'}")
+        else:
+            why = found.mismatched.get(index) or run_status(folder / run.folder) or "not started"
+            unfinished.append(f"{run.folder}: {why}")
     for result in results.values():
         result.runs.sort(key=lambda r: r.seed)
     return Loaded(list(results.values()), list(plan.seeds), unfinished)

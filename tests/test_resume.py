@@ -226,3 +226,14 @@ def test_one_writer_per_comparison_and_a_killed_writer_is_taken_over(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "4 run(s) trained, 0 kept" in resumed.stdout
     assert (folder / ".stale" / "relu-seed777" / "summary.json").is_file()  # the killed run, kept for inspection
+
+
+def test_report_lists_a_run_that_does_not_match_the_plan_as_unfinished(runner, finished):
+    plan = json.loads((finished / "plan.json").read_text())
+    plan["variants"][1]["config"]["optimizer"]["lr"] = 0.5  # sigmoid's runs no longer match
+    (finished / "plan.json").write_text(json.dumps(plan))
+    result = runner.invoke(app, ["report", str(finished), "--out", str(finished / "report"), "--json"])
+    assert result.exit_code == 3, result.output
+    unfinished = json.loads(result.stdout)["unfinished"]
+    assert unfinished == [f"sigmoid-seed{seed}: a completed run whose config differs from plan.json "
+                          "(optimizer.lr 0.001 there, 0.5 planned)" for seed in (777, 778)]
