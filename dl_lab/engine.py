@@ -228,13 +228,13 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
     generators = seed_everything(config.seed)
     loss_fn = nn.CrossEntropyLoss()
     plan = BatchPlan.make(len(data.train), config.data.batch_size, config.data.drop_last, config.model.has_batchnorm_layers)
-    observer.run_started(config, plan)
     history: list[EpochMetrics] = []
     pretraining: list[PretrainEpoch] = []
     status: Status = "completed"
     error = diverged_at = model = None
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     try:
+        observer.run_started(config, plan)  # may fail too: a recorder creating the run's folder on a full disk
         model = build_mlp(config.model, data.num_features, data.num_classes).to(device)  # may fail to allocate
         if config.model.init == "rbm":
             def pretrain_epoch_done(record: PretrainEpoch) -> None:

@@ -290,3 +290,20 @@ def test_closed_pipes_never_stop_a_run(fast_config, tmp_path, command):
     assert process.wait(timeout=300) == 0
     statuses = [run_status(p.parent) for p in runs.glob(summaries)]
     assert statuses and set(statuses) == {"completed"}, statuses
+
+
+@pytest.mark.parametrize("engine", ["sequential", "batched"])
+def test_a_run_folder_that_cannot_be_written_fails_the_run_not_the_comparison(runner, fast_config, tmp_path, monkeypatch,
+                                                                                engine):
+    """Disk full as a run starts (its folder or first files): the run is failed, the comparison exits 3."""
+    import dl_lab.experiment
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dl_lab.experiment, "RunRecorder", no_space)
+    result = runner.invoke(app, ["compare", str(fast_config), "--seeds", "2", "--engine", engine,
+                                 "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert "run(s) failed or diverged" in result.stderr and "Traceback" not in result.output
+    assert not isinstance(result.exception, OSError)
