@@ -281,7 +281,9 @@ def report(
                 held.enter_context(FolderLock(target, "comparison" if target == compare_folder else "report folder"))
         loaded = load_compare(compare_folder) if compare_folder else load_loose_runs(folders)
         if not any(result.runs for result in loaded.results):
-            raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}")
+            found = f" ({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''})" \
+                if loaded.unfinished else ""
+            raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}{found}")
         expectations = [parse_expectation(text, [r.label for r in loaded.results]) for text in expect or []]
         if target is None or not target.is_dir():  # created after validation: no empty folders
             target = target or create_run_dir(Path("runs"), "", prefix="report-")

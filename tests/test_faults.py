@@ -180,6 +180,7 @@ def test_a_killed_train_run_reads_interrupted_and_report_says_so(tmp_path):
     report = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(runs), "--out", str(tmp_path / "r")],
                             capture_output=True, text=True)
     assert report.returncode == 2 and "no completed runs" in report.stderr
+    assert f"{run}: interrupted" in report.stderr
 
 
 def test_a_killed_report_leaves_whole_pictures_and_can_be_redone(tmp_path, runner):

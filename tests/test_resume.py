@@ -208,7 +208,7 @@ def test_one_writer_per_comparison_and_a_killed_writer_is_taken_over(tmp_path):
     elsewhere = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(folder), "--out", str(tmp_path / "r")],
                                capture_output=True, text=True)
     assert elsewhere.returncode in (2, 3), elsewhere.stderr  # 2: no run finished yet; 3: incomplete
-    assert "relu-seed777: running" in elsewhere.stderr or "no completed runs" in elsewhere.stderr
+    assert "relu-seed777: running" in elsewhere.stderr  # alive: its comparison holds the lock
     assert first.poll() is None  # the refused writers changed nothing for the live one
 
     first.send_signal(signal.SIGKILL)  # no handler runs: the run stays 'running' on disk, its lock goes with the process
@@ -237,3 +237,11 @@ def test_report_lists_a_run_that_does_not_match_the_plan_as_unfinished(runner, f
     unfinished = json.loads(result.stdout)["unfinished"]
     assert unfinished == [f"sigmoid-seed{seed}: a completed run whose config differs from plan.json "
                           "(optimizer.lr 0.001 there, 0.5 planned)" for seed in (777, 778)]
+
+
+def test_report_names_a_completed_run_it_cannot_read(runner, finished):
+    (finished / "relu-seed778" / "metrics.csv").write_text("epoch,test_acc\n1,not-a-number\n")
+    result = runner.invoke(app, ["report", str(finished), "--out", str(finished / "report"), "--json"])
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)["unfinished"] == [
+        "relu-seed778: completed, but its summary.json or metrics.csv cannot be read"]
