@@ -84,11 +84,12 @@ def load_compare(folder: Path) -> Loaded:
         record = read_run(folder / run.folder) if index in found.done else None
         if record is not None:
             results[run.variant.label].runs.append(record)
-        elif index in found.done:
+            continue
+        if index in found.done:
             why = "completed, but its summary.json or metrics.csv cannot be read"
         else:
             why = found.mismatched.get(index) or run_status(folder / run.folder) or "not started"
-            unfinished.append(f"{run.folder}: {why}")
+        unfinished.append(f"{run.folder}: {why}")
     for result in results.values():
         result.runs.sort(key=lambda r: r.seed)
     return Loaded(list(results.values()), list(plan.seeds), unfinished)
