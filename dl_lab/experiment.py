@@ -18,7 +18,7 @@ from dl_lab.device import available_bytes, resolve_device
 from dl_lab.engine import BatchPlan, EpochMetrics, Observer, Observers, SequentialEngine, TrainResult, train
 from dl_lab.environment import environment
 from dl_lab.errors import ConfigError, DataError, UserError
-from dl_lab.memory import human, parameter_count, training_bytes
+from dl_lab.memory import human, planned_parameters, training_bytes
 from dl_lab.pretraining import PretrainEpoch
 from dl_lab.runs import RunRecorder
 from dl_lab.scheduling import Unit, data_key
@@ -68,7 +68,7 @@ def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.devic
     free = available_bytes(device)
     if free is not None and needed > free:
         stack = f" for a stack of {models} models" if models > 1 else ""
-        raise ConfigError(f"training needs about {human(needed)}{stack} ({parameter_count(config, data.num_features, data.num_classes):,} "
+        raise ConfigError(f"training needs about {human(needed)}{stack} ({planned_parameters(config, data.num_features, data.num_classes):,} "
                           f"parameters per model with gradients and {config.optimizer.name} state, plus a batch's activations), "
                           f"but {device} has about {human(free)} free; allowed: smaller model.hidden widths"
                           + (", fewer seeds or variants per stack (--engine sequential)" if models > 1 else ""),
@@ -230,11 +230,11 @@ def run_one(prepared: Prepared, runs_root: Path, progress: Observer) -> dict[str
     Whatever ends the run — completion, an exception anywhere (disk full, a failed allocation),
     Ctrl-C, SIGTERM or SIGHUP — the summary on disk says so."""
     config = prepared.loaded.config
+    env = environment(prepared.device, prepared.data.root)  # runs git: kept out of the deferred section
     recorder = None
     try:
         with deferred():
-            recorder = RunRecorder(create_run_dir(runs_root, config.name), config,
-                                   environment(prepared.device, prepared.data.root), lock=True)
+            recorder = RunRecorder(create_run_dir(runs_root, config.name), config, env, lock=True)
         [result] = SequentialEngine().run([config], prepared.data, prepared.device, Observers([recorder, progress]))
         return recorder.finish(result)
     except KeyboardInterrupt:  # arrived outside the engine's loop (setting up, or while writing)

@@ -17,7 +17,7 @@ EVAL_ROWS = 10_000  # engine.EVAL_BATCH_SIZE: evaluation runs in chunks of this 
 STATE_PER_PARAMETER = {"adam": 2, "adamw": 2, "rmsprop": 3, "sgd": 1, "adagrad": 1}  # tensors of optimizer state
 
 
-def parameter_count(config: ExperimentConfig, features: int, classes: int) -> int:
+def planned_parameters(config: ExperimentConfig, features: int, classes: int) -> int:
     widths = [features, *config.model.hidden, classes]
     count = sum(a * b + b for a, b in zip(widths, widths[1:]))
     if config.model.batchnorm:
@@ -28,7 +28,7 @@ def parameter_count(config: ExperimentConfig, features: int, classes: int) -> in
 def training_bytes(config: ExperimentConfig, features: int, classes: int, test_rows: int, models: int = 1) -> int:
     """Bytes to train ``models`` copies of ``config``'s model together (a stack) on this data."""
     widths = [features, *config.model.hidden, classes]
-    weights = parameter_count(config, features, classes) * (2 + STATE_PER_PARAMETER.get(config.optimizer.name, 3))
+    weights = planned_parameters(config, features, classes) * (2 + STATE_PER_PARAMETER.get(config.optimizer.name, 3))
     # Per hidden layer a batch keeps pre-activations, activations, their gradients and batch-norm or
     # dropout intermediates: about 6 tensors of (batch, width); the input gather adds one of (batch, features).
     train_batch = config.data.batch_size * (features + 6 * sum(widths[1:]))

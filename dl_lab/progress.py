@@ -14,6 +14,8 @@ from dl_lab.engine import BatchPlan, EpochMetrics, Observer
 from dl_lab.pretraining import PretrainEpoch
 
 REFRESH_SECONDS = 0.2  # the running loss is read from the device at most this often
+
+
 def epoch_line(metrics: EpochMetrics, epochs: int) -> str:
     width = len(str(epochs))
     line = (f"epoch {metrics.epoch:>{width}}/{epochs}  train_loss {metrics.train_loss:.4f}  "

@@ -170,10 +170,10 @@ def is_run_summary(data: Any) -> bool:
     return isinstance(data, dict) and "status" in data and "run_dir" in data
 
 
-def run_status(folder: Path, summary: Any = None) -> str | None:
+def run_status(folder: Path) -> str | None:
     """The true status of the run in ``folder`` (None: no run there). A ``running`` run whose writer
     no longer holds the lock (its own, or its comparison's) was killed: it reads ``interrupted``."""
-    summary = read_json(folder / "summary.json") if summary is None else summary
+    summary = read_json(folder / "summary.json")
     if not is_run_summary(summary):
         return None
     status = summary["status"]
