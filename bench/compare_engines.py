@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from dl_lab.batched import BatchedEngine
-from dl_lab.config_loader import load_config
-from dl_lab.device import device_name
-from dl_lab.engine import Observer, SequentialEngine
-from dl_lab.experiment import device_and_data
+from dl_lab.config.loader import load_config
+from dl_lab.experiments.execute import device_and_data
+from dl_lab.training.device import device_name
+from dl_lab.training.engine import Observer, SequentialEngine
+from dl_lab.training.stack import BatchedEngine
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from dl_lab.config_loader import load_config
-from dl_lab.device import device_name
-from dl_lab.diagnostics import PROBE_SIZE, probe
-from dl_lab.engine import Observer, train
-from dl_lab.experiment import device_and_data
-from dl_lab.model import build_mlp, linear_layers
+from dl_lab.components.model import build_mlp, linear_layers
+from dl_lab.config.loader import load_config
+from dl_lab.experiments.execute import device_and_data
+from dl_lab.training.device import device_name
+from dl_lab.training.diagnostics import PROBE_SIZE, probe
+from dl_lab.training.engine import Observer, train
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Seconds per MNIST epoch, side by side in one process: the classic lab loop vs dllab's engine.
 
 (a) classic: torchvision MNIST + ToTensor + DataLoader(batch 100, shuffle, drop_last), as in the lab
-(b) dllab:   dl_lab.engine.train on the same MLP (784-256-256-10 ReLU) and optimizer (Adam lr 0.001)
+(b) dllab:   dl_lab.training.engine.train on the same MLP (784-256-256-10 ReLU) and optimizer (Adam lr 0.001)
 (c) floor:   a bare loop over preloaded tensors with index-slice batches, the same maths
 
 Each epoch includes one evaluation of the 10k test images, for all three. Prints medians and ratios.
@@ -65,9 +65,9 @@ def classic(root: str, device: torch.device, epochs: int) -> list[float]:
 
 
 def dllab(root: str, device: torch.device, epochs: int) -> list[float]:
-    from dl_lab.config import ExperimentConfig
-    from dl_lab.data import DataRoot, load_dataset
-    from dl_lab.engine import Observer, train
+    from dl_lab.components.datasets import DataRoot, load_dataset
+    from dl_lab.config.schema import ExperimentConfig
+    from dl_lab.training.engine import Observer, train
 
     config = ExperimentConfig.model_validate({
         "name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}})
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    from dl_lab.device import device_name
+    from dl_lab.training.device import device_name
 
     name = device_name(device)
     print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")

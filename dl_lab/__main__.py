@@ -1,3 +1,3 @@
-from dl_lab.cli import main
+from dl_lab.cli.app import main
 
 main()

@@ -14,12 +14,11 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
-from dl_lab.engine import Observer, Observers, evaluate
-from dl_lab.experiment import prepare, run_one
-from dl_lab.progress import PlainProgress
-from dl_lab.store import create_run_dir
+from dl_lab.cli.progress import PlainProgress
+from dl_lab.experiments.execute import prepare, run_one
+from dl_lab.runs.store import create_run_dir
+from dl_lab.training.engine import evaluate_model
+from dl_lab.training.events import Observer, Observers
 
 PUBLISHED = {  # preset -> (test_acc, test_loss) from the lab; None where the lab gives none
     "softmax": (0.8944, None), "nn_normal": (0.9423, None), "xavier": (0.9805, None), "deep": (0.9819, None),
@@ -34,9 +33,9 @@ class RawPixelAccuracy(Observer):
     def __init__(self) -> None:
         self.value = float("nan")
 
-    def run_finished(self, model, data) -> None:
+    def run_finished(self, run, model, data) -> None:
         raw = type(data.test)(data.test.x * 255.0, data.test.y)
-        _, correct = evaluate(model, torch.nn.CrossEntropyLoss(), raw)
+        _, correct = evaluate_model(model, raw)
         self.value = correct.item() / len(raw)
 
 
@@ -60,13 +59,13 @@ def main() -> None:
             prepared = prepare(f"lab09/{preset}", [f"seed={seed}", f"device={args.device}"], os.environ)
             raw = RawPixelAccuracy()
             summary = run_one(prepared, args.runs_dir, Observers([PlainProgress(sys.stderr, args.device), raw]))
-            if summary["status"] != "completed":
-                sys.exit(f"{preset} seed {seed}: {summary['status']} ({summary['error']})")
-            finals.append(summary["final"])
+            if summary.status != "completed" or summary.final is None:
+                sys.exit(f"{preset} seed {seed}: {summary.status} ({summary.error})")
+            finals.append(summary.final)
             raw_accs.append(raw.value)
-            seconds.append(summary["seconds"])
-        acc = [f["test_acc"] for f in finals]
-        loss = [f["test_loss"] for f in finals]
+            seconds.append(summary.seconds or 0.0)
+        acc = [f.test_acc for f in finals]
+        loss = [f.test_loss for f in finals]
         published_acc, published_loss = PUBLISHED[preset]
         diff = f"{100 * (statistics.mean(acc) - published_acc):+.2f}" if published_acc else "—"
         rows.append(f"| {preset} | {published_acc or '—'} | {mean_std(acc)} | {diff} | {published_loss or '—'} | "

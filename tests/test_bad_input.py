@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import FAST, child_env
-from dl_lab.cli import app
-from dl_lab.compare import plan_comparison
-from dl_lab.config_loader import load_config
+
+from dl_lab.cli.app import app
+from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
+from dl_lab.experiments.planning import plan_comparison
 
 SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=500",
          "--set", "train.epochs=1", "--set", "model.hidden=[16]"]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dl_lab.batched import BatchedEngine, train_batched
-from dl_lab.scheduling import batch_key, plan_batches
-from dl_lab.cli import app
-from dl_lab.config import ExperimentConfig
-from dl_lab.data import DataRoot, load_dataset
-from dl_lab.engine import Observer, SequentialEngine, train
+from dl_lab.cli.app import app
+from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.config.schema import ExperimentConfig
+from dl_lab.training.engine import Observer, SequentialEngine, train
+from dl_lab.training.stack import BatchedEngine, train_batched
+from dl_lab.training.stackable import batch_key, plan_batches
 
 CPU = torch.device("cpu")
 

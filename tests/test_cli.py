@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import FAST
-from dl_lab.cli import app
-from dl_lab.config_loader import load_config
+
+from dl_lab.cli.app import app
+from dl_lab.config.loader import load_config
 
 
 def run_dirs(runs: Path) -> list[Path]:
@@ -124,12 +124,12 @@ def test_every_bad_input_exits_2_with_a_message_and_writes_nothing(runner, tmp_p
 
 
 def test_a_failing_run_is_marked_failed_and_exits_1(runner, fast_config, tmp_path, monkeypatch):
-    import dl_lab.engine
+    import dl_lab.training.engine
 
     def explode(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(dl_lab.engine, "evaluate", explode)
+    monkeypatch.setattr(dl_lab.training.engine, "evaluate", explode)
     result = runner.invoke(app, ["train", "-c", str(fast_config), "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "simulated failure" in result.stderr and "Traceback" not in result.output
@@ -165,7 +165,7 @@ def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom dl_lab.cli import app, main\nsys.argv = ['dllab', '--help']\n"
+    code = ("import sys\nfrom dl_lab.cli.app import app, main\nsys.argv = ['dllab', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"  # the console script's own path, streams and all
             "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
             "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"

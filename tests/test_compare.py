@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-import pytest
 
+import pytest
 from conftest import needs_mnist
-from dl_lab.cli import app
-from dl_lab.compare import changes_from, parse_vary, plan_comparison, split_values
-from dl_lab.config_loader import load_config
+
+from dl_lab.cli.app import app
+from dl_lab.config.diff import changes_from
+from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
+from dl_lab.experiments.planning import parse_vary, plan_comparison, split_values
 
 SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=1000",
          "--set", "train.epochs=1"]
@@ -144,9 +146,9 @@ def test_the_terminal_table_shows_long_grid_labels_whole(runner, tmp_path):
 
 
 def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
-    import dl_lab.engine
+    import dl_lab.training.engine
 
-    monkeypatch.setattr(dl_lab.engine, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(dl_lab.training.engine, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH)
     assert result.exit_code == 3, result.output
     assert "run(s) failed or diverged" in result.stderr
@@ -169,7 +171,7 @@ def test_diagnostic_plots_name_the_variants_they_leave_out():
 
     from matplotlib.figure import Figure
 
-    from dl_lab.plots import _suptitle
+    from dl_lab.analysis.plots import _suptitle
 
     figure, (a, b) = Figure(), [SimpleNamespace(label="relu"), SimpleNamespace(label="sigmoid")]
     _suptitle(figure, "Gradient norm per layer", [a, b], [b])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dl_lab.config import BatchNormConfig
-from dl_lab.config_loader import load_config, preset_names
+from dl_lab.config.loader import load_config, preset_names
+from dl_lab.config.schema import BatchNormConfig
 from dl_lab.errors import ConfigError
 
 

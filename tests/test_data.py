@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MNIST_ROOT, needs_mnist
-from dl_lab.config import DataConfig
-from dl_lab.data import DataRoot, load_dataset, resolve_data_root
+
+from dl_lab.components.datasets import DataRoot, load_dataset, resolve_data_root
+from dl_lab.config.schema import DataConfig
 from dl_lab.errors import DataError
 
 CPU = torch.device("cpu")

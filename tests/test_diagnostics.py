@@ -8,15 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, needs_mnist
-from dl_lab.cli import app
-from dl_lab.config import ExperimentConfig, ModelConfig
-from dl_lab.data import DataRoot, Split, load_dataset
-from dl_lab.diagnostics import probe, warnings_for
-from dl_lab.engine import BatchPlan, Diverged, Observer, bad_steps, train, train_epoch
-from dl_lab.graphs import StepOut
-from dl_lab.model import build_mlp, linear_layers
+
+from dl_lab.cli.app import app
+from dl_lab.components.datasets import DataRoot, Split, load_dataset
+from dl_lab.components.model import build_mlp, linear_layers
+from dl_lab.config.schema import ExperimentConfig, ModelConfig
+from dl_lab.training.cuda_graphs import StepOut
+from dl_lab.training.diagnostics import probe
+from dl_lab.training.engine import (
+    AllDiverged,
+    BatchPlan,
+    Diverged,
+    Member,
+    Observer,
+    bad_steps,
+    train,
+    train_epoch,
+)
+from dl_lab.training.results import warnings_for
 
 CPU = torch.device("cpu")
 
@@ -109,10 +119,12 @@ def test_the_epoch_loop_stops_at_the_step_whose_gradient_went_bad():
 
     split = Split(torch.zeros(10, 4), torch.zeros(10, dtype=torch.long))
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    with pytest.raises(Diverged) as stopped:
-        train_epoch(body, optimizer, split, BatchPlan.make(10, 2, True, False), torch.Generator(), 1, Observer())
-    assert (stopped.value.epoch, stopped.value.step) == (1, 3)
-    assert str(stopped.value) == "the gradient norm of layer 2 became inf (loss 2) at epoch 1, step 3"
+    member = Member(ExperimentConfig(name="m"), torch.Generator(), torch.nn.Sequential(), torch.Generator())
+    with pytest.raises(AllDiverged):  # the unit's only run diverged: nothing is left to train
+        train_epoch(body, optimizer, split, BatchPlan.make(10, 2, True, False), [member], 1, Observer())
+    assert steps == [1, 2, 3, 4, 5]  # checked at the epoch's end (every DIVERGENCE_CHECK_STEPS steps in longer epochs)
+    assert (member.status, member.diverged_at) == ("diverged", {"epoch": 1, "step": 3})
+    assert member.error == "the gradient norm of layer 2 became inf (loss 2) at epoch 1, step 3"
 
 
 def test_an_exploding_learning_rate_ends_the_run_as_diverged_with_epoch_and_step(runner, write_config, tmp_path):

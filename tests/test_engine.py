@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dl_lab.config import ExperimentConfig
-from dl_lab.data import DataRoot, load_dataset
-from dl_lab.engine import BatchPlan, Observer, Observers, SequentialEngine, evaluate, train
-from dl_lab.model import build_mlp
+from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.components.model import build_mlp
+from dl_lab.config.schema import ExperimentConfig
+from dl_lab.training.engine import BatchPlan, SequentialEngine, evaluate_model, train
+from dl_lab.training.events import Observer, Observers
 
 CPU = torch.device("cpu")
 
@@ -77,8 +78,8 @@ def test_evaluation_uses_eval_mode_is_deterministic_and_restores_train_mode():
     model = build_mlp(config.model, 784, 10)
     model.train()
     loss_fn = torch.nn.CrossEntropyLoss()
-    first = [t.item() for t in evaluate(model, loss_fn, data.test)]
-    second = [t.item() for t in evaluate(model, loss_fn, data.test)]
+    first = [t.item() for t in evaluate_model(model, data.test)]
+    second = [t.item() for t in evaluate_model(model, data.test)]
     assert first == second and model.training
     noisy = [loss_fn(model(data.test.x[:200]), data.test.y[:200]).item() for _ in range(2)]
     assert noisy[0] != noisy[1]  # dropout is active in train mode
@@ -88,7 +89,7 @@ class InterruptAt(Quiet):
     def __init__(self, epoch, exception):
         self.epoch, self.exception = epoch, exception
 
-    def epoch_done(self, metrics):
+    def epoch_done(self, run, metrics):
         if metrics.epoch == self.epoch:
             raise self.exception
 
@@ -124,9 +125,9 @@ def test_cuda_training_matches_the_data_order_and_learns():
 class FinalEvaluation(Observer):
     """Re-evaluates the trained model, in eval mode, after the run."""
 
-    def run_finished(self, model, data):
+    def run_finished(self, run, model, data):
         self.was_training = model.training
-        loss_sum, correct = evaluate(model, torch.nn.CrossEntropyLoss(), data.test)
+        loss_sum, correct = evaluate_model(model, data.test)
         self.test = (loss_sum.item() / len(data.test), correct.item() / len(data.test))
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import FAST, child_env
-from dl_lab.cli import app
-from dl_lab.store import run_status
+
+from dl_lab.cli.app import app
+from dl_lab.runs.store import run_status
 
 # A 2 x 3 comparison whose training takes a few seconds, so random points land in every phase.
 # About 12 s on a 2-core CPU: 3 s of start-up, 5 s of training (two stacks of three), 3 s of tables and plots.
@@ -203,9 +203,9 @@ def test_a_killed_report_leaves_whole_pictures_and_can_be_redone(tmp_path, runne
 
 def test_disk_full_while_training_ends_failed_with_the_reason(runner, fast_config, tmp_path, monkeypatch):
     """ENOSPC injected into every new file after the run has started: the summary is rewritten in place."""
-    import dl_lab.store
+    import dl_lab.runs.store
 
-    real = dl_lab.store.tempfile.mkstemp
+    real = dl_lab.runs.store.tempfile.mkstemp
     calls = {"n": 0}
 
     def mkstemp(*args, **kwargs):
@@ -214,7 +214,7 @@ def test_disk_full_while_training_ends_failed_with_the_reason(runner, fast_confi
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dl_lab.store.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(dl_lab.runs.store.tempfile, "mkstemp", mkstemp)
     result = runner.invoke(app, ["train", "-c", str(fast_config), "--set", "train.epochs=5", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1, result.output
     assert "error: training failed: OSError: [Errno 28] No space left on device" in result.stderr
@@ -253,20 +253,19 @@ def test_disk_full_on_a_real_tiny_file_system(tmp_path):
 
 
 def test_a_failed_allocation_ends_failed_with_error_txt(runner, fast_config, tmp_path, monkeypatch):
-    import dl_lab.batched
-    import dl_lab.engine
+    import dl_lab.training.engine
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(dl_lab.engine, "build_mlp", no_memory)
+    monkeypatch.setattr(dl_lab.training.engine, "build_mlp", no_memory)
     result = runner.invoke(app, ["train", "-c", str(fast_config), "--runs-dir", str(tmp_path / "train")])
     assert result.exit_code == 1 and "can't allocate memory" in result.stderr and "Traceback" not in result.output
     [run] = (tmp_path / "train").iterdir()
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert "DefaultCPUAllocator" in (run / "error.txt").read_text()
 
-    monkeypatch.setattr(dl_lab.batched, "build_mlp", no_memory)
+    # A stack builds its models through the same engine code (still patched): the comparison fails the same way.
     result = runner.invoke(app, ["compare", str(fast_config), "--seeds", "2", "--runs-dir", str(tmp_path / "compare")])
     assert result.exit_code == 3, result.output
     [folder] = (tmp_path / "compare").glob("compare-*")
@@ -297,12 +296,12 @@ def test_closed_pipes_never_stop_a_run(fast_config, tmp_path, command):
 def test_a_run_folder_that_cannot_be_written_fails_the_run_not_the_comparison(runner, fast_config, tmp_path, monkeypatch,
                                                                                 engine):
     """Disk full as a run starts (its folder or first files): the run is failed, the comparison exits 3."""
-    import dl_lab.experiment
+    import dl_lab.experiments.execute
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(dl_lab.experiment, "RunRecorder", no_space)
+    monkeypatch.setattr(dl_lab.experiments.execute, "RunRecorder", no_space)
     result = runner.invoke(app, ["compare", str(fast_config), "--seeds", "2", "--engine", engine,
                                  "--runs-dir", str(tmp_path)])
     assert result.exit_code == 3, result.output

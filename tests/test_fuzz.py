@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from dl_lab.cli import app
-from dl_lab.compare import load_plan, plan_comparison, plan_to_json
-from dl_lab.config import ExperimentConfig
-from dl_lab.config_loader import load_config
+from dl_lab.cli.app import app
+from dl_lab.config.loader import load_config
+from dl_lab.config.schema import ExperimentConfig
 from dl_lab.errors import ConfigError
+from dl_lab.experiments.planning import load_plan, plan_comparison
+from dl_lab.runs.comparison import plan_to_json
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from conftest import needs_mnist
-from dl_lab.cli import app
+
+from dl_lab.cli.app import app
 
 pytestmark = needs_mnist
 

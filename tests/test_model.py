@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from dl_lab.activations import ACTIVATIONS
-from dl_lab.config import ModelConfig, OptimizerConfig
-from dl_lab.model import build_mlp
-from dl_lab.optimizers import OPTIMIZERS
+from dl_lab.components.activations import ACTIVATIONS
+from dl_lab.components.model import build_mlp
+from dl_lab.components.optimizers import OPTIMIZERS
+from dl_lab.config.schema import ModelConfig, OptimizerConfig
 
 
 def kinds(model: nn.Module) -> list[str]:

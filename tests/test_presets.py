@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dl_lab.cli import app
-from dl_lab.config_loader import load_config, preset_names
+from dl_lab.cli.app import app
+from dl_lab.config.loader import load_config, preset_names
 
 LAB09 = [name for name in preset_names() if name.startswith("lab09/")]
 

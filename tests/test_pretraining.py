@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, MNIST_ROOT, needs_mnist
-from dl_lab.cli import app
-from dl_lab.config import DataConfig, ModelConfig, RbmConfig
-from dl_lab.data import DataRoot, load_dataset
-from dl_lab.model import build_mlp, linear_layers
-from dl_lab.pretraining import pretrain_rbm
+
+from dl_lab.cli.app import app
+from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.components.model import build_mlp, linear_layers
+from dl_lab.components.pretraining import pretrain_rbm
+from dl_lab.config.schema import DataConfig, ModelConfig, RbmConfig
+from dl_lab.training.results import PretrainEpoch
 
 CPU = torch.device("cpu")
 
@@ -25,7 +26,7 @@ def pretrain(data, hidden=(64, 32), epochs=4):
     before = [layer.weight.detach().clone() for layer in linear_layers(model)]
     records = []
     pretrain_rbm(model, data.train.x, RbmConfig(epochs=epochs, lr=0.1, k=1, batch_size=20),
-                 torch.Generator().manual_seed(0), records.append)
+                 torch.Generator().manual_seed(0), lambda *epoch: records.append(PretrainEpoch(*epoch)))
     return model, before, records
 
 

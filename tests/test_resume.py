@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dl_lab.cli import app
+from dl_lab.cli.app import app
 
 SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=600",
          "--set", "train.epochs=2", "--set", "model.hidden=[16]"]

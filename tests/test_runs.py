@@ -7,10 +7,10 @@ import json
 
 import yaml
 
-from dl_lab.config import ExperimentConfig
-from dl_lab.engine import BatchPlan, EpochMetrics, TrainResult
-from dl_lab.runs import METRIC_COLUMNS, RunRecorder
-from dl_lab.store import create_run_dir, write_atomic
+from dl_lab.config.schema import ExperimentConfig
+from dl_lab.runs.recorder import METRIC_COLUMNS, RunRecorder
+from dl_lab.runs.store import create_run_dir, write_atomic
+from dl_lab.training.results import BatchPlan, EpochMetrics, TrainResult
 
 CONFIG = ExperimentConfig(name="unit")
 ENV = {"device": "cpu", "device_name": "test"}
@@ -40,13 +40,13 @@ def test_recorder_marks_the_run_running_until_it_finishes(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "env.json", "metrics.csv", "summary.json"]
     assert json.loads((folder / "summary.json").read_text())["status"] == "running"
     assert yaml.safe_load((folder / "config.yaml").read_text())["name"] == "unit"
-    recorder.epoch_done(metrics(1))
+    recorder.epoch_done(CONFIG, metrics(1))
     running = json.loads((folder / "summary.json").read_text())
     assert running["status"] == "running" and running["epochs"] == 1 and running["finished_at"] is None
     plan = BatchPlan.make(1000, 100, True, False)
     summary = recorder.finish(TrainResult("completed", (metrics(1), metrics(2)), 1.5, plan, 42))
     on_disk = json.loads((folder / "summary.json").read_text())
-    assert summary == on_disk
+    assert summary.to_json_dict() == on_disk
     assert on_disk["status"] == "completed" and on_disk["epochs"] == 2 and on_disk["parameters"] == 42
     assert on_disk["final"] == {"train_loss": 0.5, "train_acc": 0.5, "test_loss": 0.45, "test_acc": 0.6}
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
@@ -60,8 +60,8 @@ def test_failed_run_keeps_its_epochs_and_the_traceback(tmp_path):
     plan = BatchPlan.make(10, 5, True, False)
     summary = recorder.finish(TrainResult("failed", (metrics(1),), 0.2, plan, 1,
                                           error="Traceback ...\nRuntimeError: boom\n"))
-    assert summary["status"] == "failed" and summary["epochs"] == 1
-    assert summary["error"] == "RuntimeError: boom"
+    assert summary.status == "failed" and summary.epochs == 1
+    assert summary.error == "RuntimeError: boom"
     assert "Traceback" in (folder / "error.txt").read_text()
 
 
@@ -70,6 +70,6 @@ def test_train_eval_columns_appear_only_when_enabled(tmp_path):
     for config, columns in [(CONFIG, METRIC_COLUMNS), (with_eval, METRIC_COLUMNS + ["train_eval_loss", "train_eval_acc"])]:
         folder = create_run_dir(tmp_path, config.name)
         recorder = RunRecorder(folder, config, ENV)
-        recorder.epoch_done(EpochMetrics(1, 0.5, 0.8, 0.4, 0.85, 1.0, *([0.3, 0.9] if config is with_eval else [])))
+        recorder.epoch_done(config, EpochMetrics(1, 0.5, 0.8, 0.4, 0.85, 1.0, *([0.3, 0.9] if config is with_eval else [])))
         rows = list(csv.DictReader((folder / "metrics.csv").open()))
         assert list(rows[0]) == columns

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dl_lab.stats import paired_test, summarize, verdict
+from dl_lab.analysis.stats import paired_test, summarize, verdict
 
 
 def test_summary_mean_sample_std_and_t_interval():

@@ -17,9 +17,17 @@ import pytest
 
 from dl_lab import signals
 from dl_lab.errors import ConfigError
-from dl_lab.locks import FolderInUse, FolderLock, holder, is_locked
-from dl_lab.store import (MAX_FOLDER_NAME, atomic_path, check_report_folder, check_writable_folder, run_status,
-                          safe_name, set_aside, write_atomic)
+from dl_lab.runs.locks import FolderInUse, FolderLock, holder, is_locked
+from dl_lab.runs.store import (
+    MAX_FOLDER_NAME,
+    atomic_path,
+    check_report_folder,
+    check_writable_folder,
+    run_status,
+    safe_name,
+    set_aside,
+    write_atomic,
+)
 
 RUN_SUMMARY = {"name": "r", "status": "running", "seed": 1, "run_dir": "x"}
 
@@ -30,7 +38,7 @@ def test_atomic_files_get_the_users_umask_not_0600(tmp_path):
         import os
         os.umask(0o027)
         from pathlib import Path
-        from dl_lab.store import atomic_path, write_atomic
+        from dl_lab.runs.store import atomic_path, write_atomic
         write_atomic(Path({str(tmp_path)!r}) / "a.json", "{{}}")
         with atomic_path(Path({str(tmp_path)!r}) / "b.png") as tmp:
             tmp.write_bytes(b"png")
@@ -98,7 +106,7 @@ def locked_by_another_process(folder: Path):
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from dl_lab.locks import FolderLock
+        from dl_lab.runs.locks import FolderLock
         FolderLock(Path({str(folder)!r})).acquire()
         print("locked", flush=True)
         time.sleep(120)

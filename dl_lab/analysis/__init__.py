@@ -1,0 +1,1 @@
+"""Analysis of finished runs: loading them, statistics, tables, expectations and plots. Torch-free."""

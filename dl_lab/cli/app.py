@@ -1,0 +1,48 @@
+"""The `dllab` command line. Thin: parse, load config, call the library, render.
+
+Each command lives in its own module (train, compare, report, config); heavy imports (torch,
+pydantic) happen inside commands so that `dllab --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dl_lab.cli import compare, config, report, train
+from dl_lab.cli.common import user_errors
+
+app = typer.Typer(
+    name="dllab",
+    help="Train and compare small PyTorch MLPs on MNIST from YAML configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+@app.callback()
+def _setup() -> None:
+    """Train and compare small PyTorch MLPs on MNIST from YAML configs."""
+    from dl_lab import signals
+
+    signals.install()  # SIGTERM and SIGHUP end a run like Ctrl-C: status interrupted
+
+
+
+app.command()(user_errors()(train.train))
+app.command()(user_errors()(compare.compare))
+app.command()(user_errors()(report.report))
+config_app.command("show")(user_errors()(config.config_show))
+config_app.command("schema")(user_errors()(config.config_schema))
+app.command()(config.options)
+
+
+def main() -> None:
+    from dl_lab.cli.pipes import PipeSafe
+
+    # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+    app()

@@ -1,0 +1,71 @@
+"""What every command shares: option types, exit codes, and turning bad input into 'error: ...' and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional
+
+import typer
+
+from dl_lab.errors import UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_RUN_FAILED = 0, 1, 3  # 2: bad input (errors.UserError); interrupted: 128 + the signal
+STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "diverged": EXIT_RUN_FAILED}
+
+ConfigOption = Annotated[str, typer.Option(
+    "--config", "-c", metavar="CONFIG",
+    help="A YAML file, or a name: configs/NAME.yaml under the current folder, else a preset shipped with dl_lab.")]
+SetOption = Annotated[Optional[List[str]], typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="Override a config key (dotted; value parsed as YAML), e.g. --set model.activation=sigmoid. Repeatable.")]
+
+
+class Engine(str, enum.Enum):
+    auto = "auto"
+    batched = "batched"
+    sequential = "sequential"
+
+
+def interrupted_exit() -> int:
+    from dl_lab import signals
+
+    return signals.exit_code()
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input becomes 'error: ...' on stderr and exit code 2, never a traceback; an interrupt
+    (Ctrl-C, SIGTERM, SIGHUP) exits 128 + the signal's number."""
+    try:
+        yield
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:
+        from dl_lab import signals
+
+        signals.note(exc)
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(interrupted_exit()) from None
+
+
+def folder_option(path: Path) -> Path:
+    """A path option as the user meant it: '~' expanded."""
+    return path.expanduser()
+
+
+ExpectOption = Annotated[Optional[List[str]], typer.Option(
+    "--expect", metavar="EXPR",
+    help="Check a result, e.g. 'relu > sigmoid' (test_acc) or 'relu.test_loss < sigmoid.test_loss'. Repeatable.")]
+AlphaOption = Annotated[Optional[float], typer.Option(
+    "--alpha", help="Also demand significance: a paired t-test p-value below ALPHA for every --expect.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")]
+
+
+def check_alpha(alpha: float | None) -> None:
+    from dl_lab.errors import ConfigError
+
+    if alpha is not None and not 0 < alpha < 1:
+        raise ConfigError(f"--alpha: must be between 0 and 1 (got {alpha})")

@@ -1,0 +1,128 @@
+"""`dllab compare`: several variants over matched seeds, with tables, plots and statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from dl_lab.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    AlphaOption,
+    Engine,
+    ExpectOption,
+    JsonOption,
+    SetOption,
+    check_alpha,
+    folder_option,
+    interrupted_exit,
+)
+from dl_lab.cli.render import render_comparison
+
+
+def compare(
+    names: Annotated[Optional[List[str]], typer.Argument(
+        help="Configs to compare: configs/NAME.yaml, a preset (e.g. lab09/xavier) or a path. The first is the baseline.")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per variant (default 3); seed i is shared by all variants.")] = None,
+    set_: SetOption = None,
+    vary: Annotated[Optional[List[str]], typer.Option(
+        "--vary", metavar="KEY=V1,V2", help="Expand into one variant per value; several --vary make a grid.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N for every variant.")] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the comparison folder is created.")] = Path("runs"),
+    json_: JsonOption = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest.")] = None,
+    expect: ExpectOption = None,
+    alpha: AlphaOption = None,
+    engine: Annotated[Optional[Engine], typer.Option(
+        "--engine", help="auto (default): train runs that share an architecture together (stacked weights); "
+                         "sequential: one model at a time; batched: stack every run.")] = None,
+    max_runs: Annotated[Optional[int], typer.Option(
+        "--max-runs", help="Refuse a comparison of more runs than this (default 1000), so a typo in --seeds "
+                           "cannot start thousands of runs.")] = None,
+) -> None:
+    """Train several variants over matched seeds; write tables (Markdown, CSV, JSON) and plots.
+
+    Exit codes: 0 all expectations hold, 1 an expectation fails, 2 bad input (before training) or the
+    folder is in use, 3 a run failed, 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (finish it with --resume).
+    """
+    from rich.console import Console
+
+    from dl_lab.analysis.report import output_names, parse_expectation, report_compare
+    from dl_lab.cli.progress import progress_for
+    from dl_lab.errors import ConfigError
+    from dl_lab.experiments.execute import check_units, load_data_for, run_compare
+    from dl_lab.experiments.planning import (
+        DEFAULT_MAX_RUNS,
+        load_plan,
+        plan_comparison,
+        units_to_train,
+    )
+    from dl_lab.experiments.scheduling import describe_units
+    from dl_lab.runs.comparison import create_compare_dir, set_aside_unfinished, survey
+    from dl_lab.runs.locks import FolderLock
+    from dl_lab.runs.store import check_report_folder, check_writable_folder
+
+    runs_dir = folder_option(runs_dir)
+    with contextlib.ExitStack() as held:
+        if resume is not None:
+            resume = folder_option(resume)
+            if names or set_ or vary or device or seeds is not None or max_runs is not None:
+                raise ConfigError("--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
+                                  "--device, --seeds or --max-runs with it")
+            if not resume.is_dir():
+                raise ConfigError(f"--resume {resume}: no such folder")
+            held.enter_context(FolderLock(resume, "comparison"))  # one writer: a second resume exits 2
+            plan = load_plan(resume)
+            if engine is not None and engine.value != plan.engine:
+                raise ConfigError(f"--engine {engine.value}: this comparison was planned with --engine {plan.engine}, "
+                                  "and a resumed run must train the same way; allowed: no --engine with --resume")
+        else:
+            check_writable_folder(runs_dir, "--runs-dir")
+            overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
+            plan = plan_comparison(names or [], overrides, vary or [], 3 if seeds is None else seeds,
+                                   engine=(engine or Engine.auto).value,
+                                   max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs)
+        expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
+        check_alpha(alpha)
+        data = load_data_for([run.config for run in plan.runs], os.environ)
+        check_units(plan, data)
+        if resume is not None:
+            found = survey(resume, plan)
+            found.refuse_mismatched(resume, plan)
+            check_report_folder(resume, output_names(), compare_folder=resume)
+            folder = resume
+        else:
+            found = None
+            folder, lock = create_compare_dir(runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [],
+                                                                "device": device})
+            held.callback(lock.release)
+        todo = units_to_train(plan, found.done if found else frozenset())
+        if found is not None:
+            set_aside_unfinished(found)
+        engine_text = describe_units(plan.engine, [unit for unit, _ in todo])
+        recorded = sum(len(record) for _, record in todo)
+        riding = sum(len(unit.runs) for unit, _ in todo) - recorded
+        typer.echo(f"engine {engine_text}" + (f" ({riding} finished run(s) retrained unrecorded with their stack, "
+                                              "so the others' numbers are exactly those of an uninterrupted comparison)"
+                                              if riding else ""), err=True)
+        devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+        with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
+            trained, interrupted = run_compare(folder, plan, todo, data, progress)
+        summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
+        render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded)
+    status = summary.status
+    if status == "interrupted":
+        typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)
+        raise typer.Exit(interrupted_exit())
+    if status == "failed":
+        failed = [f"{s.run_dir} ({s.status})" for s in trained if s.status != "completed"]
+        typer.echo(f"error: {len(failed)} run(s) failed or diverged: {', '.join(failed)}", err=True)
+        raise typer.Exit(EXIT_RUN_FAILED)
+    raise typer.Exit(EXIT_OK if all(e.holds for e in summary.expectations) else EXIT_FAILED)

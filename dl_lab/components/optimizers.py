@@ -1,0 +1,58 @@
+"""Optimizers by name. Each entry lists the optimizer.* keys it reads; config validation refuses
+non-default values for keys an optimizer would ignore (momentum on Adam, say)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from dl_lab.components.registry import Registry
+from dl_lab.config import choices
+
+if TYPE_CHECKING:
+    import torch
+
+    from dl_lab.config.schema import OptimizerConfig
+
+OptimizerBuilder = Callable[..., "torch.optim.Optimizer"]  # (params, OptimizerConfig, device, capturable=False)
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry(choices.OPTIMIZERS)
+
+# Config keys that map one-to-one onto torch.optim keyword arguments.
+_TORCH_NAMES = {"lr": "lr", "weight_decay": "weight_decay", "momentum": "momentum", "nesterov": "nesterov",
+                "betas": "betas", "eps": "eps", "alpha": "alpha", "centered": "centered", "lr_decay": "lr_decay"}
+
+
+def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
+    """Build torch.optim.<class_name> from the keys the registry entry says it reads."""
+
+    def build(params: Iterable["torch.nn.Parameter"], cfg: "OptimizerConfig", device: "torch.device",
+              capturable: bool = False):
+        """``capturable``: keep all optimizer state on the device so step() can be captured in a CUDA graph."""
+        import inspect
+
+        import torch
+
+        used = OPTIMIZERS[cfg.name].params
+        kwargs: dict[str, Any] = {}
+        for key in used:
+            value = getattr(cfg, key)
+            if value is not None:  # None: keep torch's own default (eps differs per optimizer)
+                kwargs[_TORCH_NAMES[key]] = tuple(value) if isinstance(value, (list, tuple)) else value
+        cls = getattr(torch.optim, class_name)
+        if capturable and "capturable" in inspect.signature(cls).parameters:
+            kwargs["capturable"] = True  # (SGD has no such flag: its state is plain device tensors)
+        params = list(params)
+        if fused:
+            # The fused kernel updates all parameters in one pass (CPU and CUDA): same maths, less overhead.
+            try:
+                return cls(params, fused=True, **kwargs)
+            except (RuntimeError, TypeError):  # device or torch build without a fused kernel
+                pass
+        return cls(params, **kwargs)
+
+    return build
+
+
+# name (config.choices, which also lists the keys each reads), torch.optim class, fused kernel available
+for _name, _class, _fused in [("sgd", "SGD", False), ("adam", "Adam", True), ("adamw", "AdamW", True),
+                              ("rmsprop", "RMSprop", False), ("adagrad", "Adagrad", False)]:
+    OPTIMIZERS.register(_name)(_torch_optimizer(_class, _fused))
