@@ -29,9 +29,20 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
     args = parser.parse_args()
     extra = ["train.cuda_graphs=true"] if args.cuda_graphs else []
-    configs = [load_config(name, [f"train.epochs={args.epochs}", f"device={args.device}", f"seed={777 + i}",
-                                  "model.init=xavier_uniform", *extra]).config
-               for name in ("relu", "sigmoid") for i in range(args.seeds)]
+    configs = [
+        load_config(
+            name,
+            [
+                f"train.epochs={args.epochs}",
+                f"device={args.device}",
+                f"seed={777 + i}",
+                "model.init=xavier_uniform",
+                *extra,
+            ],
+        ).config
+        for name in ("relu", "sigmoid")
+        for i in range(args.seeds)
+    ]
     device, data = device_and_data(configs[0], os.environ)
     times: dict[str, list[float]] = {"sequential": [], "batched": []}
     for _ in range(args.repeats):
@@ -47,8 +58,10 @@ def main() -> None:
     sequential, batched = statistics.median(times["sequential"]), statistics.median(times["batched"])
     samples = len(configs) * args.epochs * results[0].plan.samples
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
-          f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}")
+    print(
+        f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
+        f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}"
+    )
     print(f"sequential engine: {sequential:.2f} s  ({samples / sequential:,.0f} samples/s)")
     print(f"batched engine:    {batched:.2f} s  ({samples / batched:,.0f} samples/s)")
     print(f"batched / sequential: {batched / sequential:.2f}")

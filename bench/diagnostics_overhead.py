@@ -31,8 +31,11 @@ def main() -> None:
     args = parser.parse_args()
     base = load_config("relu", [f"train.epochs={args.epochs}", f"device={args.device}"]).config
     device, data = device_and_data(base, os.environ)
-    settings = {"off": {"diagnostics": False}, "on": {"diagnostics": True},
-                "on + step_grad_norms": {"diagnostics": True, "step_grad_norms": True}}
+    settings = {
+        "off": {"diagnostics": False},
+        "on": {"diagnostics": True},
+        "on + step_grad_norms": {"diagnostics": True, "step_grad_norms": True},
+    }
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(args.repeats):
         for name, setting in settings.items():
@@ -51,7 +54,7 @@ def main() -> None:
         probe(model, loss_fn, x, y, base.model.activation)
     probe_seconds = (time.perf_counter() - start) / 20
     # What every training step adds: the gradient norm of each Linear weight (engine.training_step).
-    loss_fn(model(data.train.x[:base.data.batch_size]), data.train.y[:base.data.batch_size]).backward()
+    loss_fn(model(data.train.x[: base.data.batch_size]), data.train.y[: base.data.batch_size]).backward()
     weights = [layer.weight for layer in linear_layers(model)]
     start = time.perf_counter()
     for _ in range(2000):
@@ -61,13 +64,17 @@ def main() -> None:
     norm_seconds = (time.perf_counter() - start) / 2000
     steps = result.plan.steps
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"relu preset (784-256-256-10, Adam, batch 100), {args.repeats} x {args.epochs} epochs each, first epoch of each run skipped")
+    print(
+        f"relu preset (784-256-256-10, Adam, batch 100), {args.repeats} x {args.epochs} epochs each, first epoch of each run skipped"
+    )
     for name, median in medians.items():
         print(f"diagnostics {name}: {median:.3f} s/epoch (median), {100 * (median / off - 1):+.1f}% vs off")
     print("(differences of medians: noisy on a shared machine)")
     print(f"probe alone: {1000 * probe_seconds:.1f} ms per epoch = {100 * probe_seconds / off:.2f}% of an epoch")
-    print(f"step gradient norms alone: {1e6 * norm_seconds:.1f} us per step x {steps} steps = "
-          f"{1000 * norm_seconds * steps:.1f} ms per epoch = {100 * norm_seconds * steps / off:.2f}% of an epoch")
+    print(
+        f"step gradient norms alone: {1e6 * norm_seconds:.1f} us per step x {steps} steps = "
+        f"{1000 * norm_seconds * steps:.1f} ms per epoch = {100 * norm_seconds * steps / off:.2f}% of an epoch"
+    )
 
 
 if __name__ == "__main__":

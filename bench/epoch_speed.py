@@ -69,8 +69,9 @@ def dllab(root: str, device: torch.device, epochs: int) -> list[float]:
     from dl_lab.config.schema import ExperimentConfig
     from dl_lab.training.engine import Observer, train
 
-    config = ExperimentConfig.model_validate({
-        "name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}})
+    config = ExperimentConfig.model_validate(
+        {"name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}}
+    )
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
 
     result = train(config, data, device, Observer())
@@ -95,7 +96,7 @@ def floor(root: str, device: torch.device, epochs: int) -> list[float]:
         start = time.perf_counter()
         order = torch.randperm(len(x), device=device)
         for i in range(0, len(x) - 99, 100):
-            index = order[i:i + 100]
+            index = order[i : i + 100]
             loss = criterion(model(x[index]), y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -128,7 +129,9 @@ def main() -> None:
     print(f"\n{'pipeline':<18} {'s/epoch (median)':>17} {'speed-up vs classic':>20}")
     for label, seconds in medians.items():
         print(f"{label:<18} {seconds:>17.3f} {base / seconds:>19.2f}x")
-    print(f"\ndllab / bare loop: {medians['dllab engine'] / medians['bare tensor loop']:.2f} (1.00 = no framework overhead)")
+    print(
+        f"\ndllab / bare loop: {medians['dllab engine'] / medians['bare tensor loop']:.2f} (1.00 = no framework overhead)"
+    )
 
 
 if __name__ == "__main__":

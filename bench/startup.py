@@ -25,10 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    rows = [("python -c pass (interpreter floor)", [sys.executable, "-c", "pass"]),
-            ("python -c 'import dl_lab'", [sys.executable, "-c", "import dl_lab"]),
-            ("dllab --help", [sys.executable, "-m", "dl_lab", "--help"]),
-            ("python -c 'import torch' (for scale)", [sys.executable, "-c", "import torch"])]
+    rows = [
+        ("python -c pass (interpreter floor)", [sys.executable, "-c", "pass"]),
+        ("python -c 'import dl_lab'", [sys.executable, "-c", "import dl_lab"]),
+        ("dllab --help", [sys.executable, "-m", "dl_lab", "--help"]),
+        ("python -c 'import torch' (for scale)", [sys.executable, "-c", "import torch"]),
+    ]
     for label, command in rows:
         print(f"{label:<40} {timed(command, args.repeats):.3f} s")
 

@@ -21,9 +21,17 @@ from dl_lab.training.engine import evaluate_model
 from dl_lab.training.events import Observer, Observers
 
 PUBLISHED = {  # preset -> (test_acc, test_loss) from the lab; None where the lab gives none
-    "softmax": (0.8944, None), "nn_normal": (0.9423, None), "xavier": (0.9805, None), "deep": (0.9819, None),
-    "dropout": (0.9772, None), "he": (None, None), "sigmoid": (None, None), "zeros": (None, None),
-    "rbm": (None, None), "batchnorm": (0.97, 0.093), "no_batchnorm": (0.96, 0.168),
+    "softmax": (0.8944, None),
+    "nn_normal": (0.9423, None),
+    "xavier": (0.9805, None),
+    "deep": (0.9819, None),
+    "dropout": (0.9772, None),
+    "he": (None, None),
+    "sigmoid": (None, None),
+    "zeros": (None, None),
+    "rbm": (None, None),
+    "batchnorm": (0.97, 0.093),
+    "no_batchnorm": (0.96, 0.168),
 }
 
 
@@ -68,12 +76,16 @@ def main() -> None:
         loss = [f.test_loss for f in finals]
         published_acc, published_loss = PUBLISHED[preset]
         diff = f"{100 * (statistics.mean(acc) - published_acc):+.2f}" if published_acc else "—"
-        rows.append(f"| {preset} | {published_acc or '—'} | {mean_std(acc)} | {diff} | {published_loss or '—'} | "
-                    f"{mean_std(loss)} | {statistics.mean(raw_accs):.4f} | {statistics.mean(seconds):.0f} |")
+        rows.append(
+            f"| {preset} | {published_acc or '—'} | {mean_std(acc)} | {diff} | {published_loss or '—'} | "
+            f"{mean_std(loss)} | {statistics.mean(raw_accs):.4f} | {statistics.mean(seconds):.0f} |"
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     print(f"Seeds 1..{args.seeds} on {args.device}; runs in {args.runs_dir}\n")
-    print("| preset | lab test_acc | ours test_acc (mean ± std) | diff (points) | lab test_loss | ours test_loss | "
-          "ours on 0–255 test pixels | s/run |")
+    print(
+        "| preset | lab test_acc | ours test_acc (mean ± std) | diff (points) | lab test_loss | ours test_loss | "
+        "ours on 0–255 test pixels | s/run |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 

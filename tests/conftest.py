@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 MNIST_ROOT = Path(os.environ.get("DLLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HAS_MNIST = (MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 needs_mnist = pytest.mark.skipif(
-    not HAS_MNIST, reason=f"real MNIST not found under {MNIST_ROOT}/MNIST/raw (set DLLAB_DATA_DIR to run these)")
+    not HAS_MNIST, reason=f"real MNIST not found under {MNIST_ROOT}/MNIST/raw (set DLLAB_DATA_DIR to run these)"
+)
+
 
 def child_env() -> dict[str, str]:
     """The environment for a dllab started in another namespace or shell: this checkout first on the path."""

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAST, child_env
 
 import dl_lab
 from dl_lab.cli.app import app
-from conftest import FAST, child_env
 
 PACKAGE = Path(dl_lab.__file__).parent
 
@@ -53,7 +53,7 @@ def test_no_module_imports_another_that_imports_it_back():
     def visit(name: str, trail: list[str]) -> None:
         for target in graph[name]:
             if target in trail:
-                cycles.append(trail[trail.index(target):] + [target])
+                cycles.append(trail[trail.index(target) :] + [target])
             elif target not in done:
                 visit(target, trail + [target])
         done.add(name)
@@ -85,8 +85,14 @@ def test_every_config_choice_has_a_builder_and_no_builder_lacks_a_choice():
 
 def imported_modules(args: list[str], cwd: Path) -> set[str]:
     """The modules ``python -X importtime -m dl_lab ARGS`` imports (its stderr lists every one)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "dl_lab", *args], cwd=cwd, env=child_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dl_lab", *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
 
@@ -96,8 +102,13 @@ def test_commands_that_only_read_files_never_import_torch(runner, tmp_path, writ
     result = runner.invoke(app, ["compare", str(config), "--seeds", "2", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     [folder] = (tmp_path / "runs").glob("compare-*")
-    for args in (["report", "--help"], ["config", "show", "-c", str(config)], ["report", str(folder)], ["options"],
-                 ["config", "schema", "--record", "comparison"]):
+    for args in (
+        ["report", "--help"],
+        ["config", "show", "-c", str(config)],
+        ["report", str(folder)],
+        ["options"],
+        ["config", "schema", "--record", "comparison"],
+    ):
         modules = imported_modules(args, tmp_path)
         assert "dl_lab.cli.app" in modules  # the listing is real
         assert not {m for m in modules if m == "torch" or m.startswith(("torch.", "torchvision"))}, args
@@ -124,7 +135,9 @@ def test_the_records_describe_the_files_every_writer_writes(runner, tmp_path, wr
         assert result.exit_code == 0
         schema = json.loads(result.stdout)
         assert schema["title"] == title and schema["type"] == "object"
-    assert "schema_version" in json.loads(runner.invoke(app, ["config", "schema", "--record", "run"]).stdout)["properties"]
+    assert (
+        "schema_version" in json.loads(runner.invoke(app, ["config", "schema", "--record", "run"]).stdout)["properties"]
+    )
     bad = runner.invoke(app, ["config", "schema", "--record", "nope"])
     assert bad.exit_code == 2
 

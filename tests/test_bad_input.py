@@ -18,8 +18,18 @@ from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.planning import plan_comparison
 
-SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=500",
-         "--set", "train.epochs=1", "--set", "model.hidden=[16]"]
+SYNTH = [
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.dataset=synthetic",
+    "--set",
+    "data.train_subset=500",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "model.hidden=[16]",
+]
 
 
 def refused(result, words: str, runs: Path | None = None) -> None:
@@ -52,23 +62,50 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "5000-character name": ([*c, "--set", "name=" + "n" * 5000], "name: String should have at most 200 characters"),
         "name with a newline": ([*c, "--set", 'name="a\\nb"'], "control characters"),
         "model too large": ([*c, "--set", "model.hidden=[100000000, 100000000]"], "model.hidden: training needs about"),
-        "batch larger than the data": ([*c, "--set", "data.train_subset=50", "--set", "data.batch_size=100"],
-                                       "data.batch_size: an epoch would have no training step"),
+        "batch larger than the data": (
+            [*c, "--set", "data.train_subset=50", "--set", "data.batch_size=100"],
+            "data.batch_size: an epoch would have no training step",
+        ),
         "inf learning rate": ([*c, "--set", "optimizer.lr=.inf"], "optimizer.lr: Input should be a finite number"),
-        "inf weight decay": ([*c, "--set", "optimizer.weight_decay=.inf"], "optimizer.weight_decay: Input should be a finite"),
-        "inf leaky slope": ([*c, "--set", "model.activation=leaky_relu", "--set", "model.leaky_relu_slope=.inf"],
-                            "model.leaky_relu_slope"),
-        "nan gain": ([*c, "--set", "model.init=xavier_uniform", "--set", "model.init_gain=.nan"], "--set: model.init_gain:"),
-        "empty key part": ([*c, "--set", "model..hidden=1"], "--set 'model..hidden=1': the key 'model..hidden' has an empty part"),
+        "inf weight decay": (
+            [*c, "--set", "optimizer.weight_decay=.inf"],
+            "optimizer.weight_decay: Input should be a finite",
+        ),
+        "inf leaky slope": (
+            [*c, "--set", "model.activation=leaky_relu", "--set", "model.leaky_relu_slope=.inf"],
+            "model.leaky_relu_slope",
+        ),
+        "nan gain": (
+            [*c, "--set", "model.init=xavier_uniform", "--set", "model.init_gain=.nan"],
+            "--set: model.init_gain:",
+        ),
+        "empty key part": (
+            [*c, "--set", "model..hidden=1"],
+            "--set 'model..hidden=1': the key 'model..hidden' has an empty part",
+        ),
         "leading dot": ([*c, "--set", ".model=1"], "--set '.model=1': the key '.model' has an empty part"),
         "extends 40 deep": (["-c", str(chain(tmp_path, 40))], "extends: a chain of more than 32 files"),
         "config of 2 MB": (["-c", str(tmp_path / "huge.yaml")], "larger than 1,048,576 bytes"),
     }
 
 
-CASES = ["non-UTF-8 config", "runs-dir is a file", "runs-dir under a file", "5000-character name", "name with a newline",
-         "model too large", "batch larger than the data", "inf learning rate", "inf weight decay", "inf leaky slope",
-         "nan gain", "empty key part", "leading dot", "extends 40 deep", "config of 2 MB"]
+CASES = [
+    "non-UTF-8 config",
+    "runs-dir is a file",
+    "runs-dir under a file",
+    "5000-character name",
+    "name with a newline",
+    "model too large",
+    "batch larger than the data",
+    "inf learning rate",
+    "inf weight decay",
+    "inf leaky slope",
+    "nan gain",
+    "empty key part",
+    "leading dot",
+    "extends 40 deep",
+    "config of 2 MB",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -92,20 +129,28 @@ def test_caps_can_be_raised_on_purpose(tmp_path, monkeypatch):
     assert len(plan.runs) == 1500
 
 
-@pytest.mark.parametrize("args, words", [
-    (["relu", "lab09/nn_normal", "--seeds", "2"], "variants 'relu' and 'nn_normal' resolve to the same config"),
-    (["relu", "--vary", "model.activation=sigmoid", "--vary", "model.activation=relu"],
-     "the key model.activation is given twice"),
-    (["relu", "--vary", "model.activation=relu,relu"], "variant 'activation=relu' appears twice"),
-    (["relu", "--vary", "model.dropout=0,0.0"], "resolve to the same config"),
-    (["relu", "--seeds", "100000"], "more than the limit of 1,000 per comparison; pass --max-runs 100000"),
-    (["relu", "--vary", "model.activation=relu,tanh", "--seeds", "600"], "1,200 runs planned"),
-    (["relu", "--set", "model.hidden=[100000000]", "--seeds", "2"], "variant relu: model.hidden: training needs about"),
-    (["relu", "--seeds", "300", "--set", "model.hidden=[30000,30000]"], "for a stack of 300 models"),
-    (["relu", "--set", "seed=9223372036854775807", "--seeds", "2"], "seed"),
-    (["relu", "--set", "model..hidden=1"], "the key 'model..hidden' has an empty part"),
-    (["relu", "--vary", "model.hidden=[1],[" + "1," * 120 + "1]"], "longer than 200"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["relu", "lab09/nn_normal", "--seeds", "2"], "variants 'relu' and 'nn_normal' resolve to the same config"),
+        (
+            ["relu", "--vary", "model.activation=sigmoid", "--vary", "model.activation=relu"],
+            "the key model.activation is given twice",
+        ),
+        (["relu", "--vary", "model.activation=relu,relu"], "variant 'activation=relu' appears twice"),
+        (["relu", "--vary", "model.dropout=0,0.0"], "resolve to the same config"),
+        (["relu", "--seeds", "100000"], "more than the limit of 1,000 per comparison; pass --max-runs 100000"),
+        (["relu", "--vary", "model.activation=relu,tanh", "--seeds", "600"], "1,200 runs planned"),
+        (
+            ["relu", "--set", "model.hidden=[100000000]", "--seeds", "2"],
+            "variant relu: model.hidden: training needs about",
+        ),
+        (["relu", "--seeds", "300", "--set", "model.hidden=[30000,30000]"], "for a stack of 300 models"),
+        (["relu", "--set", "seed=9223372036854775807", "--seeds", "2"], "seed"),
+        (["relu", "--set", "model..hidden=1"], "the key 'model..hidden' has an empty part"),
+        (["relu", "--vary", "model.hidden=[1],[" + "1," * 120 + "1]"], "longer than 200"),
+    ],
+)
 def test_compare_refuses_bad_plans_before_writing(runner, tmp_path, args, words):
     runs = tmp_path / "runs"
     refused(runner.invoke(app, ["compare", *SYNTH, *args, "--runs-dir", str(runs)]), words, runs)
@@ -113,12 +158,27 @@ def test_compare_refuses_bad_plans_before_writing(runner, tmp_path, args, words)
 
 def test_report_alpha_is_checked_like_compare(runner, tmp_path):
     refused(runner.invoke(app, ["report", str(tmp_path), "--alpha", "5"]), "--alpha: must be between 0 and 1")
-    refused(runner.invoke(app, ["compare", "relu", *SYNTH, "--alpha", "2", "--runs-dir", str(tmp_path / "r")]), "--alpha")
+    refused(
+        runner.invoke(app, ["compare", "relu", *SYNTH, "--alpha", "2", "--runs-dir", str(tmp_path / "r")]), "--alpha"
+    )
 
 
 def test_vary_labels_become_names_that_load_back(runner, tmp_path):
-    result = runner.invoke(app, ["compare", "relu", "--seeds", "1", *SYNTH, "--runs-dir", str(tmp_path / "runs"),
-                                 "--vary", "data.root=/a,/b", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            "relu",
+            "--seeds",
+            "1",
+            *SYNTH,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--vary",
+            "data.root=/a,/b",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     labels = [v["label"] for v in json.loads(result.stdout)["variants"]]
     assert labels == ["root=_a", "root=_b"]
@@ -144,10 +204,13 @@ def test_a_read_only_runs_dir_is_refused(tmp_path):
     mount.mkdir()
     fast = tmp_path / "fast.yaml"
     fast.write_text(yaml.safe_dump(FAST))
-    script = (f"mount -t tmpfs -o ro,size=1m tmpfs {mount} || exit 77; "
-              f"exec {sys.executable} -m dl_lab train -c {fast} --runs-dir {mount}/runs")
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
-                            env=child_env())
+    script = (
+        f"mount -t tmpfs -o ro,size=1m tmpfs {mount} || exit 77; "
+        f"exec {sys.executable} -m dl_lab train -c {fast} --runs-dir {mount}/runs"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120, env=child_env()
+    )
     if result.returncode == 77 or "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
     assert result.returncode == 2, result.stderr

@@ -20,22 +20,31 @@ CPU = torch.device("cpu")
 
 
 def config(seed: int, step_grad_norms: bool = False, **model) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "name": "b", "seed": seed, "device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000},
-        "model": {"hidden": [64, 32], "init": "xavier_uniform", **model},
-        "train": {"epochs": 2, "step_grad_norms": step_grad_norms}})
+    return ExperimentConfig.model_validate(
+        {
+            "name": "b",
+            "seed": seed,
+            "device": "cpu",
+            "data": {"dataset": "synthetic", "train_subset": 1000},
+            "model": {"hidden": [64, 32], "init": "xavier_uniform", **model},
+            "train": {"epochs": 2, "step_grad_norms": step_grad_norms},
+        }
+    )
 
 
 def numbers(result) -> list[tuple[float, ...]]:
     return [(m.train_loss, m.train_acc, m.test_loss, m.test_acc) for m in result.history]
 
 
-@pytest.mark.parametrize("model", [
-    {},
-    {"dropout": 0.3, "activation": "tanh"},  # each model continues its own dropout RNG stream
-    {"batchnorm": {"position": "after"}, "dropout": 0.2},  # per-model batch statistics
-    {"activation": "sigmoid", "batchnorm": True, "init": "he_uniform"},
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        {},
+        {"dropout": 0.3, "activation": "tanh"},  # each model continues its own dropout RNG stream
+        {"batchnorm": {"position": "after"}, "dropout": 0.2},  # per-model batch statistics
+        {"activation": "sigmoid", "batchnorm": True, "init": "he_uniform"},
+    ],
+)
 def test_batched_training_matches_sequential_training_run_by_run(model):
     configs = [config(seed, step_grad_norms=True, **model) for seed in (1, 2, 3)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
@@ -88,8 +97,9 @@ def test_engine_falls_back_to_sequential_for_lone_runs_and_keeps_order():
 def test_a_diverging_model_does_not_disturb_the_others():
     configs = [config(1), config(2)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
-    hot = [c.model_copy(update={"optimizer": c.optimizer.model_copy(update={"name": "sgd", "lr": 50.0})})
-           for c in configs]
+    hot = [
+        c.model_copy(update={"optimizer": c.optimizer.model_copy(update={"name": "sgd", "lr": 50.0})}) for c in configs
+    ]
     results = train_batched(hot, data, CPU, Observer())
     assert all(r.status in ("diverged", "completed") for r in results)
     assert any(r.status == "diverged" for r in results)
@@ -100,14 +110,32 @@ def test_a_diverging_model_does_not_disturb_the_others():
 
 
 def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path):
-    args = ["compare", "relu", "sigmoid", "--seeds", "3", "--set", "device=cpu", "--set", "data.dataset=synthetic",
-            "--set", "data.train_subset=1000", "--set", "train.epochs=1", "--runs-dir", str(tmp_path), "--json"]
+    args = [
+        "compare",
+        "relu",
+        "sigmoid",
+        "--seeds",
+        "3",
+        "--set",
+        "device=cpu",
+        "--set",
+        "data.dataset=synthetic",
+        "--set",
+        "data.train_subset=1000",
+        "--set",
+        "train.epochs=1",
+        "--runs-dir",
+        str(tmp_path),
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "engine batched: 2 stacked group(s) (3 + 3 runs)" in result.stderr
     summary = json.loads(result.stdout)
     assert summary["engine"].startswith("batched") and all(len(v["finals"]) == 3 for v in summary["variants"])
-    sequential = runner.invoke(app, [*args[:-3], "--runs-dir", str(tmp_path / "seq"), "--json", "--engine", "sequential"])
+    sequential = runner.invoke(
+        app, [*args[:-3], "--runs-dir", str(tmp_path / "seq"), "--json", "--engine", "sequential"]
+    )
     assert "engine sequential: 6 runs one by one" in sequential.stderr
     same = json.loads(sequential.stdout)
     for a, b in zip(summary["variants"], same["variants"], strict=True):
@@ -131,8 +159,9 @@ def test_batched_training_on_cuda_matches_sequential_without_dropout():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
     device = torch.device("cuda")
-    configs = [config(seed, step_grad_norms=True, batchnorm=True).model_copy(update={"device": "cuda"})
-               for seed in (1, 2, 3)]
+    configs = [
+        config(seed, step_grad_norms=True, batchnorm=True).model_copy(update={"device": "cuda"}) for seed in (1, 2, 3)
+    ]
     graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
     eager = train_batched(configs, data, device, Observer())

@@ -38,15 +38,17 @@ def test_train_writes_the_four_files_and_prints_a_result(runner, fast_config, tm
     env = json.loads((folder / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["python"] and "git" in env
     assert load_config(str(folder / "config.yaml")).config == load_config(str(fast_config)).config.model_copy(
-        update={"name": "fast"})
+        update={"name": "fast"}
+    )
     assert "completed: fast" in result.stdout and str(folder) in result.stdout
     assert "epoch 2/2" in result.stderr  # progress goes to stderr, as plain lines off a terminal
     assert "\x1b[" not in result.stdout + result.stderr
 
 
 def test_json_prints_exactly_summary_json(runner, fast_config, tmp_path):
-    result = runner.invoke(app, ["train", "-c", str(fast_config), "--runs-dir", str(tmp_path), "--json",
-                                 "--set", "train.epochs=1"])
+    result = runner.invoke(
+        app, ["train", "-c", str(fast_config), "--runs-dir", str(tmp_path), "--json", "--set", "train.epochs=1"]
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     [folder] = run_dirs(tmp_path)
@@ -59,9 +61,18 @@ def test_config_show_prints_the_resolved_config(runner, fast_config):
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.stdout)
     assert shown["model"]["activation"] == "tanh" and shown["train"]["epochs"] == 2
-    assert shown["optimizer"] == {"name": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.0,
-                                  "nesterov": False, "betas": [0.9, 0.999], "eps": None, "alpha": 0.99,
-                                  "centered": False, "lr_decay": 0.0}
+    assert shown["optimizer"] == {
+        "name": "adam",
+        "lr": 0.001,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "nesterov": False,
+        "betas": [0.9, 0.999],
+        "eps": None,
+        "alpha": 0.99,
+        "centered": False,
+        "lr_decay": 0.0,
+    }
 
 
 def test_options_lists_every_registry(runner):
@@ -73,6 +84,7 @@ def test_options_lists_every_registry(runner):
 
 def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (extra CLI args, words the message must contain)."""
+
     def write(name: str, text: str) -> str:
         path = tmp_path / name
         path.write_text(text)
@@ -93,8 +105,15 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "missing file": (["-c", str(tmp_path / "nope.yaml")], "no such config file"),
         "extends cycle": (["-c", str(tmp_path / "a.yaml")], "cycle"),
         "unknown device": (["-c", write("u.yaml", fast), "--set", "device=quantum"], "cuda:N"),
-        "mnist missing": (["-c", write("n.yaml", "device: cpu\ndata: {download: false}\n"), "--set",
-                           f"data.root={tmp_path / 'empty'}"], "MNIST not found"),
+        "mnist missing": (
+            [
+                "-c",
+                write("n.yaml", "device: cpu\ndata: {download: false}\n"),
+                "--set",
+                f"data.root={tmp_path / 'empty'}",
+            ],
+            "MNIST not found",
+        ),
         "bad --set": (["-c", write("s.yaml", fast), "--set", "train.epochs"], "KEY=VALUE"),
         "unknown option value": (["-c", write("o.yaml", fast), "--set", "optimizer.name=adamax"], "adam, adamw"),
     }
@@ -103,9 +122,23 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     return cases
 
 
-CASE_NAMES = ["unknown key", "wrong type", "dropout out of range", "lr not positive", "zero epochs", "zero batch",
-              "zero-width layer", "malformed yaml", "missing file", "extends cycle", "unknown device",
-              "mnist missing", "bad --set", "unknown option value", "cuda where there is none"]
+CASE_NAMES = [
+    "unknown key",
+    "wrong type",
+    "dropout out of range",
+    "lr not positive",
+    "zero epochs",
+    "zero batch",
+    "zero-width layer",
+    "malformed yaml",
+    "missing file",
+    "extends cycle",
+    "unknown device",
+    "mnist missing",
+    "bad --set",
+    "unknown option value",
+    "cuda where there is none",
+]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
@@ -140,8 +173,9 @@ def test_a_failing_run_is_marked_failed_and_exits_1(runner, fast_config, tmp_pat
 
 
 def dllab(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_config, tmp_path):
@@ -165,11 +199,13 @@ def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom dl_lab.cli.app import app, main\nsys.argv = ['dllab', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"  # the console script's own path, streams and all
-            "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
-            "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    code = (
+        "import sys\nfrom dl_lab.cli.app import app, main\nsys.argv = ['dllab', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"  # the console script's own path, streams and all
+        "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
+        "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH")
     assert "--config" in out and "--set" in out

@@ -18,8 +18,16 @@ from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.planning import parse_vary, plan_comparison, split_values
 
-SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=1000",
-         "--set", "train.epochs=1"]
+SYNTH = [
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.dataset=synthetic",
+    "--set",
+    "data.train_subset=1000",
+    "--set",
+    "train.epochs=1",
+]
 
 
 def compare(runner, tmp_path, *args):
@@ -38,12 +46,17 @@ def test_vary_values_split_on_top_level_commas_only():
 
 
 def test_a_vary_grid_expands_into_labelled_variants_with_matched_seeds():
-    plan = plan_comparison(["relu"], ["seed=5"], ["model.activation=sigmoid,tanh,relu",
-                                                  "model.init=normal,xavier_uniform"], seeds=3)
+    plan = plan_comparison(
+        ["relu"], ["seed=5"], ["model.activation=sigmoid,tanh,relu", "model.init=normal,xavier_uniform"], seeds=3
+    )
     assert [v.label for v in plan.variants] == [
-        "activation=sigmoid,init=normal", "activation=sigmoid,init=xavier_uniform",
-        "activation=tanh,init=normal", "activation=tanh,init=xavier_uniform",
-        "activation=relu,init=normal", "activation=relu,init=xavier_uniform"]
+        "activation=sigmoid,init=normal",
+        "activation=sigmoid,init=xavier_uniform",
+        "activation=tanh,init=normal",
+        "activation=tanh,init=xavier_uniform",
+        "activation=relu,init=normal",
+        "activation=relu,init=xavier_uniform",
+    ]
     assert plan.seeds == (5, 6, 7)
     runs = plan.runs
     assert len(runs) == 18 and [r.seed for r in runs[:6]] == [5] * 6  # seed-major, every variant per seed
@@ -67,15 +80,33 @@ def test_changes_name_only_the_keys_that_differ():
 
 
 def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runner, tmp_path):
-    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH,
-                               "--set", "data.train_subset=6000", "--set", "train.epochs=2",
-                               "--expect", "relu > sigmoid", "--json")
+    result, [folder] = compare(
+        runner,
+        tmp_path,
+        "relu",
+        "sigmoid",
+        "--seeds",
+        "2",
+        *SYNTH,
+        "--set",
+        "data.train_subset=6000",
+        "--set",
+        "train.epochs=2",
+        "--expect",
+        "relu > sigmoid",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary == json.loads((folder / "summary.json").read_text())
     assert {"table.md", "table.csv", "summary.json", "plan.json"} <= {p.name for p in folder.iterdir()}
-    assert {"curves.png", "train_vs_test_loss.png", "final_accuracy.png", "gradient_norms.png",
-            "activation_histograms.png"} <= {p.name for p in folder.glob("*.png")}
+    assert {
+        "curves.png",
+        "train_vs_test_loss.png",
+        "final_accuracy.png",
+        "gradient_norms.png",
+        "activation_histograms.png",
+    } <= {p.name for p in folder.glob("*.png")}
     relu, sigmoid = summary["variants"]
     assert (relu["label"], sigmoid["label"]) == ("relu", "sigmoid")
     assert list(relu["finals"]) == list(sigmoid["finals"]) == ["777", "778"]  # matched seeds
@@ -90,7 +121,11 @@ def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runne
     assert [row["variant"] for row in rows] == ["relu", "sigmoid"]
     assert float(rows[1]["p_value"]) == sigmoid["vs_baseline"]["p_value"]  # full precision, not rounded
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
-        "relu-seed777", "relu-seed778", "sigmoid-seed777", "sigmoid-seed778"]
+        "relu-seed777",
+        "relu-seed778",
+        "sigmoid-seed777",
+        "sigmoid-seed778",
+    ]
 
     # A failing expectation exits 1, also on --resume of the finished folder, which trains nothing.
     stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
@@ -101,23 +136,37 @@ def test_compare_writes_tables_plots_and_a_summary_and_checks_expectations(runne
     # A named metric: with N(0, 1) init ReLU's test loss is far above sigmoid's, so this one fails too.
     losses = {v["label"]: v["aggregates"]["test_loss_mean"] for v in summary["variants"]}
     assert losses["relu"] > losses["sigmoid"]
-    by_loss = runner.invoke(app, ["compare", "--resume", str(folder), "--json",
-                                  "--expect", "relu.test_loss < sigmoid.test_loss", "--expect", "relu > sigmoid"])
+    by_loss = runner.invoke(
+        app,
+        [
+            "compare",
+            "--resume",
+            str(folder),
+            "--json",
+            "--expect",
+            "relu.test_loss < sigmoid.test_loss",
+            "--expect",
+            "relu > sigmoid",
+        ],
+    )
     assert by_loss.exit_code == 1
     checks = json.loads(by_loss.stdout)["expectations"]
     assert [(c["metric"], c["holds"]) for c in checks] == [("test_loss", False), ("test_acc", True)]
     assert checks[0]["left"] == pytest.approx(losses["relu"]) and checks[0]["right"] == pytest.approx(losses["sigmoid"])
 
 
-@pytest.mark.parametrize("args, words", [
-    (["relu", "sigmoid", "--expect", "relu > tanh"], "unknown variant or metric 'tanh'"),
-    (["relu", "sigmoid", "--expect", "relu >> sigmoid"], "unknown variant"),
-    (["relu", "sigmoid", "--expect", "relu.test_acc > sigmoid.test_loss"], "same metric"),
-    (["relu", "sigmoid", "--alpha", "2"], "--alpha"),
-    (["relu", "--vary", "model.activation"], "--vary"),
-    (["relu", "--set", "model.dropout=2"], "model.dropout"),
-    (["nosuchconfig"], "no such config file"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["relu", "sigmoid", "--expect", "relu > tanh"], "unknown variant or metric 'tanh'"),
+        (["relu", "sigmoid", "--expect", "relu >> sigmoid"], "unknown variant"),
+        (["relu", "sigmoid", "--expect", "relu.test_acc > sigmoid.test_loss"], "same metric"),
+        (["relu", "sigmoid", "--alpha", "2"], "--alpha"),
+        (["relu", "--vary", "model.activation"], "--vary"),
+        (["relu", "--set", "model.dropout=2"], "model.dropout"),
+        (["nosuchconfig"], "no such config file"),
+    ],
+)
 def test_bad_compare_input_exits_2_before_training(runner, tmp_path, args, words):
     result, folders = compare(runner, tmp_path, *args, *SYNTH)
     assert result.exit_code == 2, result.output
@@ -126,9 +175,21 @@ def test_bad_compare_input_exits_2_before_training(runner, tmp_path, args, words
 
 
 def test_a_3x2_grid_runs_six_variants(runner, tmp_path):
-    result, [folder] = compare(runner, tmp_path, "relu", "--seeds", "1", *SYNTH, "--set", "model.hidden=[32]",
-                               "--vary", "model.activation=sigmoid,tanh,relu",
-                               "--vary", "model.init=normal,xavier_uniform", "--json")
+    result, [folder] = compare(
+        runner,
+        tmp_path,
+        "relu",
+        "--seeds",
+        "1",
+        *SYNTH,
+        "--set",
+        "model.hidden=[32]",
+        "--vary",
+        "model.activation=sigmoid,tanh,relu",
+        "--vary",
+        "model.init=normal,xavier_uniform",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert len(summary["variants"]) == 6 and len([p for p in folder.iterdir() if p.is_dir()]) == 6
@@ -136,9 +197,22 @@ def test_a_3x2_grid_runs_six_variants(runner, tmp_path):
 
 
 def test_the_terminal_table_shows_long_grid_labels_whole(runner, tmp_path):
-    result, _ = compare(runner, tmp_path, "relu", "--seeds", "1", *SYNTH, "--set", "model.hidden=[16]",
-                        "--vary", "model.activation=sigmoid,tanh", "--vary", "model.init=xavier_uniform,he_normal",
-                        "--vary", "optimizer.lr=0.001,0.002")
+    result, _ = compare(
+        runner,
+        tmp_path,
+        "relu",
+        "--seeds",
+        "1",
+        *SYNTH,
+        "--set",
+        "model.hidden=[16]",
+        "--vary",
+        "model.activation=sigmoid,tanh",
+        "--vary",
+        "model.init=xavier_uniform,he_normal",
+        "--vary",
+        "optimizer.lr=0.001,0.002",
+    )
     assert result.exit_code == 0, result.output
     assert "…" not in result.stdout
     for part in ("activation=sigmoid,", "activation=tanh,", "init=xavier_uniform,", "lr=0.002"):
@@ -157,12 +231,25 @@ def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("error")  # plots of a variant without a finished run must not warn
 def test_a_variant_whose_runs_all_diverged_still_gets_tables_and_plots(runner, tmp_path):
-    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH,
-                               "--set", "optimizer.name=sgd", "--set", "optimizer.lr=50")
+    result, [folder] = compare(
+        runner,
+        tmp_path,
+        "relu",
+        "sigmoid",
+        "--seeds",
+        "1",
+        *SYNTH,
+        "--set",
+        "optimizer.name=sgd",
+        "--set",
+        "optimizer.lr=50",
+    )
     assert result.exit_code == 3, result.output
     assert "1 run(s) failed or diverged" in result.stderr and "relu-seed777 (diverged)" in result.stderr
     assert json.loads((folder / "relu-seed777" / "summary.json").read_text())["status"] == "diverged"
-    assert {"curves.png", "final_accuracy.png", "train_vs_test_loss.png", "table.md"} <= {p.name for p in folder.iterdir()}
+    assert {"curves.png", "final_accuracy.png", "train_vs_test_loss.png", "table.md"} <= {
+        p.name for p in folder.iterdir()
+    }
     assert "| relu | baseline | 0 |" in (folder / "table.md").read_text()
 
 
@@ -182,8 +269,21 @@ def test_diagnostic_plots_name_the_variants_they_leave_out():
 
 def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_path):
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", "3", *SYNTH,
-               "--set", "train.epochs=40", "--runs-dir", str(runs)]
+    command = [
+        sys.executable,
+        "-m",
+        "dl_lab",
+        "compare",
+        "relu",
+        "sigmoid",
+        "--seeds",
+        "3",
+        *SYNTH,
+        "--set",
+        "train.epochs=40",
+        "--runs-dir",
+        str(runs),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -195,13 +295,20 @@ def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_p
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     [folder] = runs.glob("compare-*")
-    kept = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")
-            if json.loads(p.read_text())["status"] == "completed"}
+    kept = {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in folder.glob("*/summary.json")
+        if json.loads(p.read_text())["status"] == "completed"
+    }
     assert 1 <= len(kept) < 6
     assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
 
-    resumed = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{6 - len(kept)} run(s) trained, {len(kept)} kept" in resumed.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/summary.json")}
@@ -220,11 +327,24 @@ def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tm
     assert (folder / "table.md").is_file() and (folder / "curves.png").is_file()
 
     loose = tmp_path / "loose"
-    config = write_config({"device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000}, "train": {"epochs": 1}}, "mlp")
+    config = write_config(
+        {"device": "cpu", "data": {"dataset": "synthetic", "train_subset": 1000}, "train": {"epochs": 1}}, "mlp"
+    )
     for seed in (1, 2):
         for activation in ("relu", "tanh"):
-            args = ["train", "-c", str(config), "--set", f"seed={seed}", "--set", f"model.activation={activation}",
-                    "--set", f"name={activation}", "--runs-dir", str(loose)]
+            args = [
+                "train",
+                "-c",
+                str(config),
+                "--set",
+                f"seed={seed}",
+                "--set",
+                f"model.activation={activation}",
+                "--set",
+                f"name={activation}",
+                "--runs-dir",
+                str(loose),
+            ]
             assert runner.invoke(app, args).exit_code == 0
     out = tmp_path / "report"
     result = runner.invoke(app, ["report", str(loose), "--out", str(out), "--json", "--expect", "relu > tanh"])
@@ -246,9 +366,24 @@ def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tm
 
 @needs_mnist
 def test_acceptance_relu_beats_sigmoid_on_a_deep_sgd_stack(runner, tmp_path):
-    deep = ["--seeds", "2", "--set", "train.epochs=1", "--set", "model.hidden=[256,256,256,256,256,256]",
-            "--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.01", "--set", "model.init=xavier_uniform",
-            "--set", "device=cpu", "--set", "data.download=false"]
+    deep = [
+        "--seeds",
+        "2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.hidden=[256,256,256,256,256,256]",
+        "--set",
+        "optimizer.name=sgd",
+        "--set",
+        "optimizer.lr=0.01",
+        "--set",
+        "model.init=xavier_uniform",
+        "--set",
+        "device=cpu",
+        "--set",
+        "data.download=false",
+    ]
     result, [folder] = compare(runner, tmp_path, "sigmoid", "relu", *deep, "--json", "--expect", "relu > sigmoid")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

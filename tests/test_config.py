@@ -23,7 +23,8 @@ def test_empty_file_gives_the_lab_defaults_and_the_file_stem_as_name(write_confi
 def test_extends_merges_key_by_key_relative_to_the_child_and_does_not_inherit_the_name(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "parent.yaml").write_text(
-        "name: parent\nseed: 1\nmodel: {activation: tanh, dropout: 0.2}\noptimizer: {lr: 0.1}\n")
+        "name: parent\nseed: 1\nmodel: {activation: tanh, dropout: 0.2}\noptimizer: {lr: 0.1}\n"
+    )
     child = tmp_path / "child.yaml"
     child.write_text("extends: base/parent.yaml\nmodel: {dropout: 0.5}\n")
     config = load_config(str(child)).config
@@ -34,10 +35,17 @@ def test_extends_merges_key_by_key_relative_to_the_child_and_does_not_inherit_th
 
 def test_set_overrides_are_parsed_as_yaml_and_win(write_config):
     path = write_config({"model": {"activation": "tanh"}})
-    config = load_config(str(path), [
-        "model.activation=sigmoid", "model.hidden=[64, 32]", "data.drop_last=false",
-        "optimizer.lr=1e-2", "model.batchnorm={position: after}", "name=renamed",
-    ]).config
+    config = load_config(
+        str(path),
+        [
+            "model.activation=sigmoid",
+            "model.hidden=[64, 32]",
+            "data.drop_last=false",
+            "optimizer.lr=1e-2",
+            "model.batchnorm={position: after}",
+            "name=renamed",
+        ],
+    ).config
     assert config.model.activation == "sigmoid"
     assert config.model.hidden == (64, 32)
     assert config.data.drop_last is False
@@ -46,16 +54,22 @@ def test_set_overrides_are_parsed_as_yaml_and_win(write_config):
     assert config.name == "renamed"
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("false", False), ("true", BatchNormConfig(position="before")),
-    ("{position: before}", BatchNormConfig(position="before")), ("{position: after}", BatchNormConfig(position="after")),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("false", False),
+        ("true", BatchNormConfig(position="before")),
+        ("{position: before}", BatchNormConfig(position="before")),
+        ("{position: after}", BatchNormConfig(position="after")),
+    ],
+)
 def test_batchnorm_accepts_false_true_or_a_position(write_config, value, expected):
     assert load_config(str(write_config({})), [f"model.batchnorm={value}"]).config.model.batchnorm == expected
 
 
 def test_resolved_config_round_trips_through_a_file(write_config, tmp_path):
     import yaml
+
     first = load_config(str(write_config({"model": {"batchnorm": True, "hidden": [8]}}))).config
     copy = tmp_path / "copy.yaml"
     copy.write_text(yaml.safe_dump(first.to_dict()))
@@ -96,8 +110,11 @@ BAD_INPUTS = [
     ({}, ["model.activation"], ["--set", "KEY=VALUE"]),
     ({}, ["seed.value=1"], ["--set", "seed", "valid integer"]),
     ({"seed": 1}, ["seed.value=1"], ["--set", "seed is a value, not a section"]),
-    ({"train": {"diagnostics": False, "step_grad_norms": True}}, [],
-     ["train.step_grad_norms", "needs train.diagnostics: true"]),
+    (
+        {"train": {"diagnostics": False, "step_grad_norms": True}},
+        [],
+        ["train.step_grad_norms", "needs train.diagnostics: true"],
+    ),
 ]
 
 
@@ -120,12 +137,15 @@ def test_a_key_set_by_a_parent_is_blamed_on_the_parent(tmp_path):
         load_config(str(tmp_path / "child.yaml"))
 
 
-@pytest.mark.parametrize("text, words", [
-    ("model: {activation: relu\n", ["line", "malformed YAML"]),
-    ("seed: [1, 2\n", ["malformed YAML"]),
-    ("- 1\n- 2\n", ["expected a mapping"]),
-    ("extends: nowhere.yaml\n", ["extends", "no such file", "nowhere.yaml"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("model: {activation: relu\n", ["line", "malformed YAML"]),
+        ("seed: [1, 2\n", ["malformed YAML"]),
+        ("- 1\n- 2\n", ["expected a mapping"]),
+        ("extends: nowhere.yaml\n", ["extends", "no such file", "nowhere.yaml"]),
+    ],
+)
 def test_unreadable_files_are_refused(write_config, text, words):
     with pytest.raises(ConfigError) as error:
         load_config(str(write_config(text, "broken")))

@@ -32,7 +32,12 @@ CPU = torch.device("cpu")
 
 
 def synthetic(**sections) -> tuple[ExperimentConfig, object]:
-    base = {"name": "d", "device": "cpu", "data": {"dataset": "synthetic", "train_subset": 2000}, "train": {"epochs": 1}}
+    base = {
+        "name": "d",
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "train_subset": 2000},
+        "train": {"epochs": 1},
+    }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     config = ExperimentConfig.model_validate(base)
@@ -74,21 +79,25 @@ def test_saturated_sigmoid_units_are_counted():
 
 def test_diagnostics_do_not_change_what_is_trained_and_land_in_the_metrics():
     config, data = synthetic(model={"dropout": 0.3, "batchnorm": True}, train={"epochs": 2})
-    off, on, steps = [train(config.model_copy(update={"train": config.train.model_copy(update=setting)}), data, CPU,
-                            Observer())
-                      for setting in ({"diagnostics": False}, {"diagnostics": True}, {"step_grad_norms": True})]
+    off, on, steps = [
+        train(config.model_copy(update={"train": config.train.model_copy(update=setting)}), data, CPU, Observer())
+        for setting in ({"diagnostics": False}, {"diagnostics": True}, {"step_grad_norms": True})
+    ]
     strip = lambda r: [(m.train_loss, m.test_loss, m.test_acc) for m in r.history]
     assert strip(on) == strip(off) == strip(steps)
     assert off.final.diagnostics is None and on.final.diagnostics.train_grad_norm == ()
-    assert {"grad_norm_1", "grad_norm_3", "weight_norm_1", "act_mean_h1", "dead_h2", "symmetric_h1"} <= set(on.final.as_dict())
+    assert {"grad_norm_1", "grad_norm_3", "weight_norm_1", "act_mean_h1", "dead_h2", "symmetric_h1"} <= set(
+        on.final.as_dict()
+    )
     assert "train_grad_norm_1" not in on.final.as_dict()
     assert {"train_grad_norm_1", "train_grad_norm_3"} <= set(steps.final.as_dict())
 
 
 def test_the_step_gradient_norms_are_those_of_the_model_being_trained():
     # One full-batch step per epoch: epoch 1's step gradient is the initial model's on the whole split.
-    config, data = synthetic(data={"batch_size": 2000}, model={"hidden": [32, 16]},
-                             train={"epochs": 2, "step_grad_norms": True})
+    config, data = synthetic(
+        data={"batch_size": 2000}, model={"hidden": [32, 16]}, train={"epochs": 2, "step_grad_norms": True}
+    )
     result = train(config, data, CPU, Observer())
     torch.manual_seed(config.seed)
     model = build_mlp(config.model, data.num_features, data.num_classes)
@@ -105,7 +114,10 @@ def test_a_non_finite_gradient_counts_as_divergence_at_its_own_step():
     assert bad_steps(losses, norms).tolist() == [False, False, True]
     assert bad_steps(losses, None).tolist() == [False, False, False]  # without tracked gradients: the loss only
     assert bad_steps(torch.tensor([float("nan"), 1e9, 1.0]), None).tolist() == [True, True, False]
-    assert str(Diverged(2, 3, 2.0, [float("inf"), 0.3])) == "the gradient norm of layer 1 became inf (loss 2) at epoch 2, step 3"
+    assert (
+        str(Diverged(2, 3, 2.0, [float("inf"), 0.3]))
+        == "the gradient norm of layer 1 became inf (loss 2) at epoch 2, step 3"
+    )
     assert str(Diverged(1, 4, float("nan"), [float("nan")] * 2)) == "the training loss became nan at epoch 1, step 4"
 
 
@@ -154,15 +166,27 @@ def test_train_records_diagnostics_and_warns_for_zero_init(runner, write_config,
 
 
 def test_diagnostics_can_be_turned_off(runner, fast_config, tmp_path):
-    result = runner.invoke(app, ["train", "-c", str(fast_config), "--set", "train.diagnostics=false",
-                                 "--runs-dir", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        ["train", "-c", str(fast_config), "--set", "train.diagnostics=false", "--runs-dir", str(tmp_path), "--json"],
+    )
     summary = json.loads(result.stdout)
     assert "diagnostics" not in summary
     assert "grad_norm_1" not in (Path(summary["run_dir"]) / "metrics.csv").read_text()
 
 
-DEEP = ["--set", "model.hidden=[256,256,256,256,256,256]", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.01",
-        "--set", "train.epochs=1", "--set", "device=cpu"]
+DEEP = [
+    "--set",
+    "model.hidden=[256,256,256,256,256,256]",
+    "--set",
+    "optimizer.name=sgd",
+    "--set",
+    "optimizer.lr=0.01",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "device=cpu",
+]
 
 
 @needs_mnist
@@ -171,9 +195,24 @@ def test_a_deep_sigmoid_stack_shows_vanishing_gradients_that_relu_with_he_init_d
     # backward signal enough to offset sigmoid's small slope: see docs/diagnostics.md for the numbers.)
     ratios = {}
     for activation, init in [("sigmoid", "xavier_uniform"), ("relu", "he_normal")]:
-        result = runner.invoke(app, ["train", "-c", "relu", *DEEP, "--set", f"model.activation={activation}",
-                                     "--set", f"model.init={init}", "--set", "data.download=false",
-                                     "--runs-dir", str(tmp_path), "--json"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "-c",
+                "relu",
+                *DEEP,
+                "--set",
+                f"model.activation={activation}",
+                "--set",
+                f"model.init={init}",
+                "--set",
+                "data.download=false",
+                "--runs-dir",
+                str(tmp_path),
+                "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
         ratios[activation] = summary["diagnostics"]["gradient_ratio_first_last"]

@@ -45,8 +45,14 @@ def test_docs_config_gives_every_key_and_its_default():
 
 
 def test_the_readme_names_every_metrics_csv_column(runner, write_config, tmp_path):
-    config = write_config({**FAST, "data": {"dataset": "synthetic", "train_subset": 300}, "model": {"hidden": [16, 8]},
-                           "train": {"epochs": 1, "eval_train": True, "step_grad_norms": True}})
+    config = write_config(
+        {
+            **FAST,
+            "data": {"dataset": "synthetic", "train_subset": 300},
+            "model": {"hidden": [16, 8]},
+            "train": {"epochs": 1, "eval_train": True, "step_grad_norms": True},
+        }
+    )
     result = runner.invoke(app, ["train", "-c", str(config), "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     [metrics] = tmp_path.glob("*/metrics.csv")

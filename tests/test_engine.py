@@ -15,8 +15,13 @@ CPU = torch.device("cpu")
 
 
 def make_config(**sections) -> ExperimentConfig:
-    base = {"name": "t", "device": "cpu", "data": {"dataset": "synthetic"}, "train": {"epochs": 2},
-            "model": {"hidden": [64, 32], "init": "xavier_uniform"}}
+    base = {
+        "name": "t",
+        "device": "cpu",
+        "data": {"dataset": "synthetic"},
+        "train": {"epochs": 2},
+        "model": {"hidden": [64, 32], "init": "xavier_uniform"},
+    }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return ExperimentConfig.model_validate(base)
@@ -29,15 +34,18 @@ def dataset(config: ExperimentConfig):
 Quiet = Observer
 
 
-@pytest.mark.parametrize("n, batch, drop_last, batchnorm, steps, samples, dropped", [
-    (1000, 100, True, False, 10, 1000, 0),
-    (1005, 100, True, False, 10, 1000, 5),
-    (1005, 100, False, False, 11, 1005, 0),
-    (1001, 100, False, False, 11, 1001, 0),
-    (1001, 100, False, True, 10, 1000, 1),  # a lone sample cannot feed BatchNorm1d
-    (1002, 100, False, True, 11, 1002, 0),
-    (50, 100, True, False, 0, 0, 50),
-])
+@pytest.mark.parametrize(
+    "n, batch, drop_last, batchnorm, steps, samples, dropped",
+    [
+        (1000, 100, True, False, 10, 1000, 0),
+        (1005, 100, True, False, 10, 1000, 5),
+        (1005, 100, False, False, 11, 1005, 0),
+        (1001, 100, False, False, 11, 1001, 0),
+        (1001, 100, False, True, 10, 1000, 1),  # a lone sample cannot feed BatchNorm1d
+        (1002, 100, False, True, 11, 1002, 0),
+        (50, 100, True, False, 0, 0, 50),
+    ],
+)
 def test_batch_plan_honours_drop_last(n, batch, drop_last, batchnorm, steps, samples, dropped):
     plan = BatchPlan.make(n, batch, drop_last, batchnorm)
     assert (plan.steps, plan.samples, plan.dropped) == (steps, samples, dropped)
@@ -62,8 +70,11 @@ def test_same_config_and_seed_give_identical_metrics_and_another_seed_differs():
 
 
 def test_partial_last_batch_and_lone_sample_with_batchnorm_train_without_crashing():
-    config = make_config(data={"train_subset": 1001, "batch_size": 100, "drop_last": False},
-                         model={"batchnorm": True}, train={"epochs": 1})
+    config = make_config(
+        data={"train_subset": 1001, "batch_size": 100, "drop_last": False},
+        model={"batchnorm": True},
+        train={"epochs": 1},
+    )
     result = train(config, dataset(config), CPU, Quiet())
     assert result.status == "completed"
     assert (result.plan.steps, result.plan.dropped) == (10, 1)
@@ -155,8 +166,7 @@ def test_eval_train_adds_an_eval_mode_pass_over_the_training_split():
 @pytest.mark.parametrize("optimizer", [{"name": "adam"}, {"name": "sgd", "lr": 0.05, "momentum": 0.9}])
 def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
     device = torch.device("cuda")
-    config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True},
-                         train={"step_grad_norms": True})
+    config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True}, train={"step_grad_norms": True})
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), device)
     eager = train(config, data, device, Quiet())
     graphed_config = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graphs": True})})

@@ -25,22 +25,51 @@ from dl_lab.runs.store import run_status
 
 # A 2 x 3 comparison whose training takes a few seconds, so random points land in every phase.
 # About 12 s on a 2-core CPU: 3 s of start-up, 5 s of training (two stacks of three), 3 s of tables and plots.
-GRID = ["compare", "relu", "sigmoid", "--seeds", "3", "--set", "device=cpu", "--set", "data.dataset=synthetic",
-        "--set", "data.train_subset=6000", "--set", "train.epochs=10", "--set", "model.hidden=[64]"]
-SMALL = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=600",
-         "--set", "train.epochs=2", "--set", "model.hidden=[16]"]  # a comparison of about a second
+GRID = [
+    "compare",
+    "relu",
+    "sigmoid",
+    "--seeds",
+    "3",
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.dataset=synthetic",
+    "--set",
+    "data.train_subset=6000",
+    "--set",
+    "train.epochs=10",
+    "--set",
+    "model.hidden=[64]",
+]
+SMALL = [
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.dataset=synthetic",
+    "--set",
+    "data.train_subset=600",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.hidden=[16]",
+]  # a comparison of about a second
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 PHASES: list[str] = []  # where each random interruption landed (see the test after the random-point tests)
 
 
 def dllab(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def outcome(folder: Path) -> dict:
     """What must not depend on interruptions: the table without timings, every run's per-epoch metrics."""
-    table = [{k: v for k, v in row.items() if k != "seconds_per_run"} for row in csv.DictReader((folder / "table.csv").open())]
+    table = [
+        {k: v for k, v in row.items() if k != "seconds_per_run"}
+        for row in csv.DictReader((folder / "table.csv").open())
+    ]
     metrics = {}
     for run in sorted(folder.glob("*-seed*")):
         rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -51,7 +80,9 @@ def outcome(folder: Path) -> dict:
 def measure(runs: Path, args: list[str]) -> tuple[dict, float]:
     """An uninterrupted run of ``args``: its outcome and wall time."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dl_lab", *args, "--runs-dir", str(runs)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dl_lab", *args, "--runs-dir", str(runs)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     [folder] = runs.glob("compare-*")
     return outcome(folder), time.monotonic() - started
@@ -80,8 +111,9 @@ def interrupt_and_resume(runs: Path, signum: int, delay: float, args: list[str] 
     if not folders:  # stopped before anything was planned: nothing was written but an empty folder at most
         PHASES.append("starting")
         assert all(not any(p for p in f.iterdir() if p.name != ".lock") for f in runs.glob("compare-*"))
-        fresh = subprocess.run([sys.executable, "-m", "dl_lab", *args, "--runs-dir", str(runs / "fresh")],
-                               capture_output=True, text=True)
+        fresh = subprocess.run(
+            [sys.executable, "-m", "dl_lab", *args, "--runs-dir", str(runs / "fresh")], capture_output=True, text=True
+        )
         assert fresh.returncode == 0, fresh.stderr
         [folder] = (runs / "fresh").glob("compare-*")
         return folder
@@ -89,8 +121,12 @@ def interrupt_and_resume(runs: Path, signum: int, delay: float, args: list[str] 
     statuses = [run_status(run) for run in folder.glob("*-seed*")]
     assert set(statuses) <= {"completed", "interrupted"}, statuses  # nothing says 'running' without a live writer
     PHASES.append("training" if "interrupted" in statuses or len(statuses) < 6 else "reporting")
-    resumed = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     return folder
 
@@ -118,9 +154,13 @@ def test_the_random_points_landed_in_training_too():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, engine", [(signal.SIGINT, "auto"), (signal.SIGHUP, "auto"), (signal.SIGKILL, "auto"),
-                                            (signal.SIGKILL, "sequential")])
-def test_resume_after_other_signals_gives_the_uninterrupted_table(reference, sequential_reference, tmp_path, signum, engine):
+@pytest.mark.parametrize(
+    "signum, engine",
+    [(signal.SIGINT, "auto"), (signal.SIGHUP, "auto"), (signal.SIGKILL, "auto"), (signal.SIGKILL, "sequential")],
+)
+def test_resume_after_other_signals_gives_the_uninterrupted_table(
+    reference, sequential_reference, tmp_path, signum, engine
+):
     expected, duration = reference if engine == "auto" else sequential_reference
     [delay] = random_points(1, duration, seed=int(signum) + len(engine))
     folder = interrupt_and_resume(tmp_path, signum, delay, [*GRID, "--engine", engine])
@@ -134,7 +174,11 @@ def test_a_resumed_stack_retrains_whole_and_records_only_its_unfinished_run(runn
     assert runner.invoke(app, args).exit_code == 0
     [folder] = (tmp_path / "runs").glob("compare-*")
     expected = outcome(folder)
-    kept = {run.name: (run / "summary.json").stat().st_mtime_ns for run in folder.glob("*-seed*") if run.name != "relu-seed778"}
+    kept = {
+        run.name: (run / "summary.json").stat().st_mtime_ns
+        for run in folder.glob("*-seed*")
+        if run.name != "relu-seed778"
+    }
     summary = json.loads((folder / "relu-seed778" / "summary.json").read_text())
     (folder / "relu-seed778" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     result = runner.invoke(app, ["compare", "--resume", str(folder)])
@@ -177,8 +221,11 @@ def test_a_killed_train_run_reads_interrupted_and_report_says_so(tmp_path):
     process.wait()
     assert json.loads((run / "summary.json").read_text())["status"] == "running"  # SIGKILL cannot be caught...
     assert run_status(run) == "interrupted"  # ...but the lock died with the process
-    report = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(runs), "--out", str(tmp_path / "r")],
-                            capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "report", str(runs), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert report.returncode == 2 and "no completed runs" in report.stderr
     assert f"{run}: interrupted" in report.stderr
 
@@ -196,8 +243,9 @@ def test_a_killed_report_leaves_whole_pictures_and_can_be_redone(tmp_path, runne
         for picture in out.glob("*.png"):  # never 0 bytes, never half: PNG signature to IEND chunk
             data = picture.read_bytes()
             assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82"), picture
-    done = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(folder), "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "report", str(folder), "--out", str(out)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -215,7 +263,9 @@ def test_disk_full_while_training_ends_failed_with_the_reason(runner, fast_confi
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dl_lab.runs.store.tempfile, "mkstemp", mkstemp)
-    result = runner.invoke(app, ["train", "-c", str(fast_config), "--set", "train.epochs=5", "--runs-dir", str(tmp_path)])
+    result = runner.invoke(
+        app, ["train", "-c", str(fast_config), "--set", "train.epochs=5", "--runs-dir", str(tmp_path)]
+    )
     assert result.exit_code == 1, result.output
     assert "error: training failed: OSError: [Errno 28] No space left on device" in result.stderr
     assert "Traceback" not in result.output
@@ -231,15 +281,19 @@ def test_disk_full_on_a_real_tiny_file_system(tmp_path):
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) to mount a tmpfs")
     config = tmp_path / "fast.yaml"
-    config.write_text(yaml.safe_dump({**FAST, "data": {"dataset": "synthetic", "train_subset": 300},
-                                      "train": {"epochs": 2000}}))
+    config.write_text(
+        yaml.safe_dump({**FAST, "data": {"dataset": "synthetic", "train_subset": 300}, "train": {"epochs": 2000}})
+    )
     mount = tmp_path / "tiny"
     mount.mkdir()
-    script = (f"mount -t tmpfs -o size=48k tmpfs {mount} || exit 77; "
-              f"{sys.executable} -m dl_lab train -c {config} --runs-dir {mount}/runs >/dev/null 2>{mount}/../err.txt; "
-              f"echo rc=$?; cat {mount}/runs/*/summary.json; cat {mount}/runs/*/metrics.csv | wc -l")
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                            env=child_env())
+    script = (
+        f"mount -t tmpfs -o size=48k tmpfs {mount} || exit 77; "
+        f"{sys.executable} -m dl_lab train -c {config} --runs-dir {mount}/runs >/dev/null 2>{mount}/../err.txt; "
+        f"echo rc=$?; cat {mount}/runs/*/summary.json; cat {mount}/runs/*/metrics.csv | wc -l"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=child_env()
+    )
     if result.returncode == 77 or "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()[:200]}")
     first, _, rest = result.stdout.partition("\n")
@@ -274,8 +328,10 @@ def test_a_failed_allocation_ends_failed_with_error_txt(runner, fast_config, tmp
     assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
 
 
-PIPED = {"train": (lambda config: ["train", "-c", str(config)], "*/summary.json"),
-         "compare": (lambda config: ["compare", str(config), "--seeds", "2"], "compare-*/*-seed*/summary.json")}
+PIPED = {
+    "train": (lambda config: ["train", "-c", str(config)], "*/summary.json"),
+    "compare": (lambda config: ["compare", str(config), "--seeds", "2"], "compare-*/*-seed*/summary.json"),
+}
 
 
 @pytest.mark.parametrize("command", sorted(PIPED))
@@ -283,8 +339,21 @@ def test_closed_pipes_never_stop_a_run(fast_config, tmp_path, command):
     """`dllab train --json | head -1`: output is dropped once the reader is gone; the run completes."""
     runs = tmp_path / "runs"
     args, summaries = PIPED[command]
-    process = subprocess.Popen([sys.executable, "-m", "dl_lab", *args(fast_config), "--json", "--set", "train.epochs=20",
-                                "--runs-dir", str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dl_lab",
+            *args(fast_config),
+            "--json",
+            "--set",
+            "train.epochs=20",
+            "--runs-dir",
+            str(runs),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.close()  # the reader goes away before the first line
     process.stderr.close()
     assert process.wait(timeout=300) == 0
@@ -293,8 +362,9 @@ def test_closed_pipes_never_stop_a_run(fast_config, tmp_path, command):
 
 
 @pytest.mark.parametrize("engine", ["sequential", "batched"])
-def test_a_run_folder_that_cannot_be_written_fails_the_run_not_the_comparison(runner, fast_config, tmp_path, monkeypatch,
-                                                                                engine):
+def test_a_run_folder_that_cannot_be_written_fails_the_run_not_the_comparison(
+    runner, fast_config, tmp_path, monkeypatch, engine
+):
     """Disk full as a run starts (its folder or first files): the run is failed, the comparison exits 3."""
     import dl_lab.experiments.execute
 
@@ -302,8 +372,9 @@ def test_a_run_folder_that_cannot_be_written_fails_the_run_not_the_comparison(ru
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(dl_lab.experiments.execute, "RunRecorder", no_space)
-    result = runner.invoke(app, ["compare", str(fast_config), "--seeds", "2", "--engine", engine,
-                                 "--runs-dir", str(tmp_path)])
+    result = runner.invoke(
+        app, ["compare", str(fast_config), "--seeds", "2", "--engine", engine, "--runs-dir", str(tmp_path)]
+    )
     assert result.exit_code == 3, result.output
     assert "run(s) failed or diverged" in result.stderr and "Traceback" not in result.output
     assert not isinstance(result.exception, OSError)

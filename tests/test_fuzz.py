@@ -35,12 +35,20 @@ def field_names(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> 
 
 KEYS = field_names()
 PARTS = sorted({part for key in KEYS for part in key.split(".")} | {"extends"})
-scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-                    st.sampled_from(["relu", "adam", "xavier_uniform", "before", "cpu", "mnist", "synthetic", "auto"]))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["relu", "adam", "xavier_uniform", "before", "cpu", "mnist", "synthetic", "auto"]),
+)
 names = st.one_of(st.sampled_from(PARTS), st.text(max_size=8))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(names, inner, max_size=4)), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
+    max_leaves=12,
+)
 documents = st.dictionaries(names, values, max_size=6)
 
 
@@ -74,11 +82,15 @@ def test_random_bytes_load_or_are_refused(raw):
 
 
 dotted = st.one_of(st.sampled_from(KEYS), st.lists(names, min_size=1, max_size=4).map(".".join), st.text(max_size=15))
-override_values = st.one_of(st.text(max_size=20), values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()))
+override_values = st.one_of(
+    st.text(max_size=20), values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip())
+)
 
 
 @FUZZ
-@given(overrides=st.lists(st.tuples(dotted, override_values).map(lambda kv: f"{kv[0]}={kv[1]}"), min_size=1, max_size=3))
+@given(
+    overrides=st.lists(st.tuples(dotted, override_values).map(lambda kv: f"{kv[0]}={kv[1]}"), min_size=1, max_size=3)
+)
 def test_random_set_overrides_load_or_are_refused(overrides):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "base.yaml"
@@ -87,8 +99,10 @@ def test_random_set_overrides_load_or_are_refused(overrides):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(document=documents, overrides=st.lists(st.tuples(dotted, override_values).map(lambda kv: f"{kv[0]}={kv[1]}"),
-                                              max_size=2))
+@given(
+    document=documents,
+    overrides=st.lists(st.tuples(dotted, override_values).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=2),
+)
 def test_the_command_line_exits_0_or_2_never_a_traceback(document, overrides):
     from typer.testing import CliRunner
 
@@ -125,9 +139,28 @@ def mutate(plan: dict, path: list, value) -> dict:
     return copy
 
 
-steps = st.one_of(st.sampled_from(["seeds", "variants", "runs", "units", "engine", "label", "config", "folder", "variant",
-                                   "seed", "stacked", "model", "hidden", "schema_version", "options"]),
-                  st.integers(min_value=0, max_value=4))
+steps = st.one_of(
+    st.sampled_from(
+        [
+            "seeds",
+            "variants",
+            "runs",
+            "units",
+            "engine",
+            "label",
+            "config",
+            "folder",
+            "variant",
+            "seed",
+            "stacked",
+            "model",
+            "hidden",
+            "schema_version",
+            "options",
+        ]
+    ),
+    st.integers(min_value=0, max_value=4),
+)
 
 
 @FUZZ

@@ -16,8 +16,13 @@ from dl_lab.components.initializers import INITIALIZERS
 from dl_lab.components.model import build_mlp, linear_layers
 from dl_lab.config.schema import ModelConfig
 
-RECOMMENDED_GAIN = {"relu": math.sqrt(2), "tanh": 5 / 3, "sigmoid": 1.0,
-                    "leaky_relu": math.sqrt(2 / (1 + 0.01 ** 2)), "gelu": 1.0}
+RECOMMENDED_GAIN = {
+    "relu": math.sqrt(2),
+    "tanh": 5 / 3,
+    "sigmoid": 1.0,
+    "leaky_relu": math.sqrt(2 / (1 + 0.01**2)),
+    "gelu": 1.0,
+}
 UNIFORM = {"xavier_uniform", "he_uniform", "default"}
 
 

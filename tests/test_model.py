@@ -30,11 +30,14 @@ def test_leaky_relu_slope_is_configurable():
     assert model[1].negative_slope == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("batchnorm, expected", [
-    (False, ["Linear", "ReLU", "Dropout", "Linear"]),
-    ({"position": "before"}, ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]),
-    ({"position": "after"}, ["Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]),
-])
+@pytest.mark.parametrize(
+    "batchnorm, expected",
+    [
+        (False, ["Linear", "ReLU", "Dropout", "Linear"]),
+        ({"position": "before"}, ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]),
+        ({"position": "after"}, ["Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]),
+    ],
+)
 def test_batchnorm_position_and_dropout_placement(batchnorm, expected):
     model = build_mlp(ModelConfig(hidden=(8,), dropout=0.3, batchnorm=batchnorm), 5, 3)
     assert kinds(model) == expected
@@ -51,11 +54,17 @@ def test_zero_init_makes_hidden_units_identical():
     assert torch.equal(hidden, hidden[:, :1].expand_as(hidden))
 
 
-@pytest.mark.parametrize("name, options", [
-    ("sgd", {"momentum": 0.9, "nesterov": True}), ("sgd", {}), ("adam", {"betas": (0.8, 0.99)}),
-    ("adamw", {"weight_decay": 0.01, "eps": 1e-6}), ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
-    ("adagrad", {"lr_decay": 0.01}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("sgd", {"momentum": 0.9, "nesterov": True}),
+        ("sgd", {}),
+        ("adam", {"betas": (0.8, 0.99)}),
+        ("adamw", {"weight_decay": 0.01, "eps": 1e-6}),
+        ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
+        ("adagrad", {"lr_decay": 0.01}),
+    ],
+)
 def test_optimizers_build_with_their_hyper_parameters_and_take_a_step(name, options):
     model = nn.Linear(3, 2)
     cfg = OptimizerConfig(name=name, lr=0.1, **options)

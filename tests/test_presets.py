@@ -13,41 +13,82 @@ LAB09 = [name for name in preset_names() if name.startswith("lab09/")]
 
 
 def test_the_lab09_suite_is_complete():
-    assert sorted(LAB09) == sorted(f"lab09/{n}" for n in [
-        "softmax", "nn_normal", "xavier", "deep", "dropout", "he", "sigmoid", "zeros", "rbm", "batchnorm", "no_batchnorm"])
+    assert sorted(LAB09) == sorted(
+        f"lab09/{n}"
+        for n in [
+            "softmax",
+            "nn_normal",
+            "xavier",
+            "deep",
+            "dropout",
+            "he",
+            "sigmoid",
+            "zeros",
+            "rbm",
+            "batchnorm",
+            "no_batchnorm",
+        ]
+    )
 
 
-@pytest.mark.parametrize("name, hidden, activation, init, dropout, batchnorm, lr, batch, epochs", [
-    ("softmax", [], "relu", "normal", 0.0, False, 0.001, 100, 15),
-    ("nn_normal", [256, 256], "relu", "normal", 0.0, False, 0.001, 100, 15),
-    ("xavier", [256, 256], "relu", "xavier_uniform", 0.0, False, 0.001, 100, 15),
-    ("deep", [512, 512, 512, 512], "relu", "xavier_uniform", 0.0, False, 0.001, 100, 15),
-    ("dropout", [512, 512, 512, 512], "relu", "xavier_uniform", 0.3, False, 0.001, 100, 15),
-    ("he", [256, 256], "relu", "he_normal", 0.0, False, 0.001, 100, 15),
-    ("sigmoid", [256, 256], "sigmoid", "normal", 0.0, False, 0.001, 100, 15),
-    ("zeros", [256, 256], "relu", "zeros", 0.0, False, 0.001, 100, 15),
-    ("rbm", [256, 256], "sigmoid", "rbm", 0.0, False, 0.001, 100, 15),
-    ("batchnorm", [32, 32], "relu", "xavier_uniform", 0.0, {"position": "after"}, 0.01, 32, 10),
-    ("no_batchnorm", [32, 32], "relu", "xavier_uniform", 0.0, False, 0.01, 32, 10),
-])
+@pytest.mark.parametrize(
+    "name, hidden, activation, init, dropout, batchnorm, lr, batch, epochs",
+    [
+        ("softmax", [], "relu", "normal", 0.0, False, 0.001, 100, 15),
+        ("nn_normal", [256, 256], "relu", "normal", 0.0, False, 0.001, 100, 15),
+        ("xavier", [256, 256], "relu", "xavier_uniform", 0.0, False, 0.001, 100, 15),
+        ("deep", [512, 512, 512, 512], "relu", "xavier_uniform", 0.0, False, 0.001, 100, 15),
+        ("dropout", [512, 512, 512, 512], "relu", "xavier_uniform", 0.3, False, 0.001, 100, 15),
+        ("he", [256, 256], "relu", "he_normal", 0.0, False, 0.001, 100, 15),
+        ("sigmoid", [256, 256], "sigmoid", "normal", 0.0, False, 0.001, 100, 15),
+        ("zeros", [256, 256], "relu", "zeros", 0.0, False, 0.001, 100, 15),
+        ("rbm", [256, 256], "sigmoid", "rbm", 0.0, False, 0.001, 100, 15),
+        ("batchnorm", [32, 32], "relu", "xavier_uniform", 0.0, {"position": "after"}, 0.01, 32, 10),
+        ("no_batchnorm", [32, 32], "relu", "xavier_uniform", 0.0, False, 0.01, 32, 10),
+    ],
+)
 def test_lab09_presets_mirror_the_lab(name, hidden, activation, init, dropout, batchnorm, lr, batch, epochs):
     config = load_config(f"lab09/{name}").config.to_dict()
     model = config["model"]
     assert config["name"] == name
     assert (model["hidden"], model["activation"], model["init"], model["dropout"], model["batchnorm"]) == (
-        hidden, activation, init, dropout, batchnorm)
+        hidden,
+        activation,
+        init,
+        dropout,
+        batchnorm,
+    )
     assert (config["optimizer"]["name"], config["optimizer"]["lr"]) == ("adam", lr)
-    assert (config["data"]["dataset"], config["data"]["batch_size"], config["data"]["drop_last"]) == ("mnist", batch, True)
+    assert (config["data"]["dataset"], config["data"]["batch_size"], config["data"]["drop_last"]) == (
+        "mnist",
+        batch,
+        True,
+    )
     assert config["train"]["epochs"] == epochs
 
 
 @pytest.mark.parametrize("name", sorted(preset_names()))
 def test_every_preset_trains_from_any_folder(runner, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)  # presets resolve from the installed package, not the checkout
-    result = runner.invoke(app, [
-        "train", "--config", name, "--set", "device=cpu", "--set", "data.dataset=synthetic",
-        "--set", "data.train_subset=640", "--set", "train.epochs=1", "--set", "model.rbm.epochs=1" if "rbm" in name
-        else "seed=5", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            name,
+            "--set",
+            "device=cpu",
+            "--set",
+            "data.dataset=synthetic",
+            "--set",
+            "data.train_subset=640",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.rbm.epochs=1" if "rbm" in name else "seed=5",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["name"] == name.split("/")[-1]

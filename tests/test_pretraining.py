@@ -25,13 +25,18 @@ def pretrain(data, hidden=(64, 32), epochs=4):
     model = build_mlp(ModelConfig(hidden=hidden, activation="sigmoid", init="rbm"), data.num_features, 10)
     before = [layer.weight.detach().clone() for layer in linear_layers(model)]
     records = []
-    pretrain_rbm(model, data.train.x, RbmConfig(epochs=epochs, lr=0.1, k=1, batch_size=20),
-                 torch.Generator().manual_seed(0), lambda *epoch: records.append(PretrainEpoch(*epoch)))
+    pretrain_rbm(
+        model,
+        data.train.x,
+        RbmConfig(epochs=epochs, lr=0.1, k=1, batch_size=20),
+        torch.Generator().manual_seed(0),
+        lambda *epoch: records.append(PretrainEpoch(*epoch)),
+    )
     return model, before, records
 
 
 def assert_error_falls_for_every_layer(records, layers):
-    assert [(r.layer, r.epoch) for r in records] == [(l, e) for l in range(1, layers + 1) for e in range(1, 5)]
+    assert [(r.layer, r.epoch) for r in records] == [(layer, e) for layer in range(1, layers + 1) for e in range(1, 5)]
     for layer in range(1, layers + 1):
         errors = [r.reconstruction_error for r in records if r.layer == layer]
         assert errors[-1] < 0.85 * errors[0], errors
@@ -56,8 +61,13 @@ def test_reconstruction_error_falls_on_an_mnist_subset():
 
 
 def test_an_rbm_run_records_pretraining_in_its_files(runner, write_config, tmp_path):
-    config = write_config({**FAST, "train": {"epochs": 1},
-                           "model": {"hidden": [32, 16], "activation": "sigmoid", "init": "rbm", "rbm": {"epochs": 2}}})
+    config = write_config(
+        {
+            **FAST,
+            "train": {"epochs": 1},
+            "model": {"hidden": [32, 16], "activation": "sigmoid", "init": "rbm", "rbm": {"epochs": 2}},
+        }
+    )
     result = runner.invoke(app, ["train", "-c", str(config), "--runs-dir", str(tmp_path / "runs"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -70,12 +80,15 @@ def test_an_rbm_run_records_pretraining_in_its_files(runner, write_config, tmp_p
     assert "rbm layer 2 epoch 2/2" in result.stderr
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["model.init=rbm", "data.normalize=true"], "need pixels in [0, 1]"),
-    (["model.rbm.epochs=3"], "init normal does not use rbm"),
-    (["model.init_gain=2"], "init normal does not use init_gain"),
-    (["model.init=rbm", "model.rbm.k=0"], "model.rbm.k"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.init=rbm", "data.normalize=true"], "need pixels in [0, 1]"),
+        (["model.rbm.epochs=3"], "init normal does not use rbm"),
+        (["model.init_gain=2"], "init normal does not use init_gain"),
+        (["model.init=rbm", "model.rbm.k=0"], "model.rbm.k"),
+    ],
+)
 def test_rbm_and_gain_settings_are_validated(runner, fast_config, tmp_path, overrides, words):
     args = [arg for item in overrides for arg in ("--set", item)]
     result = runner.invoke(app, ["train", "-c", str(fast_config), *args, "--runs-dir", str(tmp_path / "runs")])

@@ -15,14 +15,27 @@ import pytest
 
 from dl_lab.cli.app import app
 
-SYNTH = ["--set", "device=cpu", "--set", "data.dataset=synthetic", "--set", "data.train_subset=600",
-         "--set", "train.epochs=2", "--set", "model.hidden=[16]"]
+SYNTH = [
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.dataset=synthetic",
+    "--set",
+    "data.train_subset=600",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.hidden=[16]",
+]
 
 
 def files(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden .lock aside) with a hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def run_files(folder: Path) -> dict[str, str]:
@@ -37,7 +50,9 @@ def metrics_without_time(run: Path) -> list[list[str]]:
 
 @pytest.fixture
 def finished(runner, tmp_path) -> Path:
-    result = runner.invoke(app, ["compare", "relu", "sigmoid", "--seeds", "2", *SYNTH, "--runs-dir", str(tmp_path / "runs")])
+    result = runner.invoke(
+        app, ["compare", "relu", "sigmoid", "--seeds", "2", *SYNTH, "--runs-dir", str(tmp_path / "runs")]
+    )
     assert result.exit_code == 0, result.output
     [folder] = (tmp_path / "runs").glob("compare-*")
     return folder
@@ -49,8 +64,11 @@ def status(run: Path) -> str:
 
 def test_resume_touches_only_the_planned_runs_and_moves_unfinished_ones_aside(runner, finished):
     originals = {run: metrics_without_time(finished / run) for run in ("relu-seed778", "sigmoid-seed777")}
-    kept = {name: digest for name, digest in run_files(finished).items()
-            if name.startswith(("relu-seed777", "sigmoid-seed778"))}
+    kept = {
+        name: digest
+        for name, digest in run_files(finished).items()
+        if name.startswith(("relu-seed777", "sigmoid-seed778"))
+    }
     # Things resume must leave alone: a user's notes folder that looks like a run, and a report written into the folder.
     (finished / "notes").mkdir()
     (finished / "notes" / "summary.json").write_text(json.dumps({"status": "failed", "run_dir": "mine", "seed": 1}))
@@ -90,8 +108,11 @@ def test_resume_of_a_folder_from_an_older_version_keeps_every_run(runner, finish
             strip_key(config, key)
         config_file.write_text(yaml.safe_dump(config))
     plan = json.loads((finished / "plan.json").read_text())
-    old = {"seeds": plan["seeds"], "options": plan["options"],
-           "variants": [{"label": v["label"], "config": v["config"]} for v in plan["variants"]]}
+    old = {
+        "seeds": plan["seeds"],
+        "options": plan["options"],
+        "variants": [{"label": v["label"], "config": v["config"]} for v in plan["variants"]],
+    }
     for variant in old["variants"]:
         strip_key(variant["config"], "train.step_grad_norms")
     (finished / "plan.json").write_text(json.dumps(old))
@@ -103,18 +124,23 @@ def test_resume_of_a_folder_from_an_older_version_keeps_every_run(runner, finish
     assert run_files(finished) == before and not (finished / ".stale").exists()
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda plan: plan["variants"][0]["config"]["optimizer"].update(lr=0.5),
-     "relu-seed777: a completed run whose config differs from plan.json (optimizer.lr 0.001 there, 0.5 planned)"),
-    (lambda plan: plan.update(seeds="many"), "unreadable compare plan (seeds"),
-    (lambda plan: plan["runs"][0].update(folder="../../escape"), "is not a plain folder name"),
-    (lambda plan: plan["runs"][0].update(variant=7), "names variant 7"),
-    (lambda plan: plan["units"].pop(), "do not cover every run"),
-    (lambda plan: plan.update(units=[{"runs": [0, 1, 2, 3], "stacked": True}]), "runs that cannot train together"),
-    (lambda plan: plan["variants"][1].update(label=plan["variants"][0]["label"]), "label appears twice"),
-    (lambda plan: plan["variants"][0]["config"]["model"].update(hidden="wide"), "variants.0.config.model.hidden"),
-    (lambda plan: plan.clear(), "unreadable compare plan"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (
+            lambda plan: plan["variants"][0]["config"]["optimizer"].update(lr=0.5),
+            "relu-seed777: a completed run whose config differs from plan.json (optimizer.lr 0.001 there, 0.5 planned)",
+        ),
+        (lambda plan: plan.update(seeds="many"), "unreadable compare plan (seeds"),
+        (lambda plan: plan["runs"][0].update(folder="../../escape"), "is not a plain folder name"),
+        (lambda plan: plan["runs"][0].update(variant=7), "names variant 7"),
+        (lambda plan: plan["units"].pop(), "do not cover every run"),
+        (lambda plan: plan.update(units=[{"runs": [0, 1, 2, 3], "stacked": True}]), "runs that cannot train together"),
+        (lambda plan: plan["variants"][1].update(label=plan["variants"][0]["label"]), "label appears twice"),
+        (lambda plan: plan["variants"][0]["config"]["model"].update(hidden="wide"), "variants.0.config.model.hidden"),
+        (lambda plan: plan.clear(), "unreadable compare plan"),
+    ],
+)
 def test_an_edited_or_broken_plan_is_refused_and_nothing_is_touched(runner, finished, edit, words):
     plan = json.loads((finished / "plan.json").read_text())
     edit(plan)
@@ -164,7 +190,9 @@ def test_report_never_writes_over_a_run_or_files_it_did_not_write(runner, finish
         result = runner.invoke(app, ["report", str(finished), "--out", str(out)])
         assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["kind"] == "comparison" and {"table.md", "table.csv", "summary.json", "curves.png"} <= set(summary["outputs"])
+    assert summary["kind"] == "comparison" and {"table.md", "table.csv", "summary.json", "curves.png"} <= set(
+        summary["outputs"]
+    )
     (out / "notes.txt").write_text("kept")
     assert runner.invoke(app, ["report", str(finished), "--out", str(out)]).exit_code == 0
     assert (out / "notes.txt").read_text() == "kept"
@@ -182,8 +210,9 @@ def test_report_exits_3_on_an_incomplete_comparison(runner, finished):
 
 
 def dllab(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for(predicate, timeout: float = 120) -> None:
@@ -195,34 +224,65 @@ def wait_for(predicate, timeout: float = 120) -> None:
 
 def test_one_writer_per_comparison_and_a_killed_writer_is_taken_over(tmp_path):
     runs = tmp_path / "runs"
-    first = dllab("compare", "relu", "sigmoid", "--seeds", "2", *SYNTH, "--set", "train.epochs=100000",
-                  "--engine", "sequential", "--runs-dir", str(runs))
+    first = dllab(
+        "compare",
+        "relu",
+        "sigmoid",
+        "--seeds",
+        "2",
+        *SYNTH,
+        "--set",
+        "train.epochs=100000",
+        "--engine",
+        "sequential",
+        "--runs-dir",
+        str(runs),
+    )
     wait_for(lambda: any(runs.glob("compare-*/*/metrics.csv")))
     [folder] = runs.glob("compare-*")
-    second = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 2, second.stderr
     assert f"in use by process {first.pid}" in second.stderr and "Traceback" not in second.stderr
-    report_into = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(folder)], capture_output=True, text=True)
+    report_into = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "report", str(folder)], capture_output=True, text=True
+    )
     assert report_into.returncode == 2 and f"in use by process {first.pid}" in report_into.stderr
-    elsewhere = subprocess.run([sys.executable, "-m", "dl_lab", "report", str(folder), "--out", str(tmp_path / "r")],
-                               capture_output=True, text=True)
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "report", str(folder), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert elsewhere.returncode in (2, 3), elsewhere.stderr  # 2: no run finished yet; 3: incomplete
     assert "relu-seed777: running" in elsewhere.stderr  # alive: its comparison holds the lock
     assert first.poll() is None  # the refused writers changed nothing for the live one
 
-    first.send_signal(signal.SIGKILL)  # no handler runs: the run stays 'running' on disk, its lock goes with the process
+    first.send_signal(
+        signal.SIGKILL
+    )  # no handler runs: the run stays 'running' on disk, its lock goes with the process
     first.wait()
     assert status(folder / "relu-seed777") == "running"
-    resumed = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder),
-                              "--engine", "batched"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder), "--engine", "batched"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 2 and "planned with --engine sequential" in resumed.stderr
     plan = json.loads((folder / "plan.json").read_text())
     for variant in plan["variants"]:  # no run completed, so shortening the planned training contradicts nothing
         variant["config"]["train"]["epochs"] = 1
     (folder / "plan.json").write_text(json.dumps(plan))
-    resumed = subprocess.run([sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "4 run(s) trained, 0 kept" in resumed.stdout
     assert (folder / ".stale" / "relu-seed777" / "summary.json").is_file()  # the killed run, kept for inspection
@@ -235,8 +295,11 @@ def test_report_lists_a_run_that_does_not_match_the_plan_as_unfinished(runner, f
     result = runner.invoke(app, ["report", str(finished), "--out", str(finished / "report"), "--json"])
     assert result.exit_code == 3, result.output
     unfinished = json.loads(result.stdout)["unfinished"]
-    assert unfinished == [f"sigmoid-seed{seed}: a completed run whose config differs from plan.json "
-                          "(optimizer.lr 0.001 there, 0.5 planned)" for seed in (777, 778)]
+    assert unfinished == [
+        f"sigmoid-seed{seed}: a completed run whose config differs from plan.json "
+        "(optimizer.lr 0.001 there, 0.5 planned)"
+        for seed in (777, 778)
+    ]
 
 
 def test_report_names_a_completed_run_it_cannot_read(runner, finished):
@@ -244,4 +307,5 @@ def test_report_names_a_completed_run_it_cannot_read(runner, finished):
     result = runner.invoke(app, ["report", str(finished), "--out", str(finished / "report"), "--json"])
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)["unfinished"] == [
-        "relu-seed778: completed, but its summary.json or metrics.csv cannot be read"]
+        "relu-seed778: completed, but its summary.json or metrics.csv cannot be read"
+    ]

@@ -58,8 +58,9 @@ def test_failed_run_keeps_its_epochs_and_the_traceback(tmp_path):
     folder = create_run_dir(tmp_path, "unit")
     recorder = RunRecorder(folder, CONFIG, ENV)
     plan = BatchPlan.make(10, 5, True, False)
-    summary = recorder.finish(TrainResult("failed", (metrics(1),), 0.2, plan, 1,
-                                          error="Traceback ...\nRuntimeError: boom\n"))
+    summary = recorder.finish(
+        TrainResult("failed", (metrics(1),), 0.2, plan, 1, error="Traceback ...\nRuntimeError: boom\n")
+    )
     assert summary.status == "failed" and summary.epochs == 1
     assert summary.error == "RuntimeError: boom"
     assert "Traceback" in (folder / "error.txt").read_text()
@@ -67,9 +68,14 @@ def test_failed_run_keeps_its_epochs_and_the_traceback(tmp_path):
 
 def test_train_eval_columns_appear_only_when_enabled(tmp_path):
     with_eval = ExperimentConfig.model_validate({"name": "e", "train": {"eval_train": True}})
-    for config, columns in [(CONFIG, METRIC_COLUMNS), (with_eval, METRIC_COLUMNS + ["train_eval_loss", "train_eval_acc"])]:
+    for config, columns in [
+        (CONFIG, METRIC_COLUMNS),
+        (with_eval, METRIC_COLUMNS + ["train_eval_loss", "train_eval_acc"]),
+    ]:
         folder = create_run_dir(tmp_path, config.name)
         recorder = RunRecorder(folder, config, ENV)
-        recorder.epoch_done(config, EpochMetrics(1, 0.5, 0.8, 0.4, 0.85, 1.0, *([0.3, 0.9] if config is with_eval else [])))
+        recorder.epoch_done(
+            config, EpochMetrics(1, 0.5, 0.8, 0.4, 0.85, 1.0, *([0.3, 0.9] if config is with_eval else []))
+        )
         rows = list(csv.DictReader((folder / "metrics.csv").open()))
         assert list(rows[0]) == columns

@@ -103,14 +103,22 @@ def test_a_lock_names_its_holder_and_is_released(tmp_path):
 @contextlib.contextmanager
 def locked_by_another_process(folder: Path):
     """A child process that takes ``folder``'s lock and holds it until killed; yields the process."""
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from pathlib import Path
         from dl_lab.runs.locks import FolderLock
         FolderLock(Path({str(folder)!r})).acquire()
         print("locked", flush=True)
         time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         yield child

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from dl_lab.config.loader import load_config
 from dl_lab.config.schema import ExperimentConfig
@@ -88,7 +88,9 @@ def load_loose_runs(folders: Sequence[Path]) -> Loaded:
     groups: dict[tuple[str, str], VariantResult] = {}
     unfinished: list[str] = []
     for folder in folders:
-        candidates = [folder] if (folder / "summary.json").is_file() else sorted(p.parent for p in folder.glob("*/summary.json"))
+        candidates = (
+            [folder] if (folder / "summary.json").is_file() else sorted(p.parent for p in folder.glob("*/summary.json"))
+        )
         for run_folder in candidates:
             record = read_run(run_folder)
             if record is None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dl_lab.analysis.load import VariantResult
 from dl_lab.runs.records import Histogram
@@ -74,9 +74,14 @@ def plot_curves(results: Sequence[VariantResult], path: Path) -> None:
             continue
         for axis, column in [(acc_axis, "test_acc"), (loss_axis, "test_loss")]:
             epochs, mean, std = _curve(result, column)
-            line, = axis.plot(epochs, mean, marker="o", markersize=3, label=f"{result.label} (n={len(result.runs)})")
-            axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                              color=line.get_color(), alpha=0.2)
+            (line,) = axis.plot(epochs, mean, marker="o", markersize=3, label=f"{result.label} (n={len(result.runs)})")
+            axis.fill_between(
+                epochs,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
             if column == "test_loss":
                 losses += mean
     acc_axis.set(title="Test accuracy (mean ± std over seeds)", xlabel="epoch", ylabel="test accuracy")
@@ -95,7 +100,7 @@ def plot_train_vs_test_loss(results: Sequence[VariantResult], path: Path) -> Non
             continue
         epochs, train, _ = _curve(result, "train_loss")
         _, test, _ = _curve(result, "test_loss")
-        line, = axis.plot(epochs, test, marker="o", markersize=3, label=f"{result.label} test")
+        (line,) = axis.plot(epochs, test, marker="o", markersize=3, label=f"{result.label} test")
         axis.plot(epochs, train, linestyle="--", color=line.get_color(), label=f"{result.label} train")
         values += train + test
     axis.set(title="Train vs test loss (mean over seeds)", xlabel="epoch", ylabel="loss (cross-entropy)")
@@ -114,8 +119,14 @@ def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
             continue
         spread = [index + 0.08 * (k - (len(finals) - 1) / 2) for k in range(len(finals))]
         axis.scatter(spread, finals, zorder=3, label=None if labelled else "one seed")
-        axis.hlines(statistics.fmean(finals), index - 0.3, index + 0.3, color="black", zorder=2,
-                    label=None if labelled else "mean")
+        axis.hlines(
+            statistics.fmean(finals),
+            index - 0.3,
+            index + 0.3,
+            color="black",
+            zorder=2,
+            label=None if labelled else "mean",
+        )
         labelled = True
     axis.set_xticks(range(len(results)), [r.label for r in results], rotation=20, ha="right")
     axis.set(title="Final test accuracy per seed", xlabel="variant", ylabel="final test accuracy")
@@ -128,8 +139,7 @@ def _grid(plt, panels: int, columns: int = 3, size: tuple[float, float] = (4.2, 
     """Panels sharing one y scale, so variants compare at a glance."""
     rows = (panels + columns - 1) // columns
     columns = min(columns, panels)
-    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False,
-                                sharey=True)
+    figure, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False, sharey=True)
     for axis in axes.flat[panels:]:
         axis.set_visible(False)
     return figure, list(axes.flat)
@@ -138,7 +148,9 @@ def _grid(plt, panels: int, columns: int = 3, size: tuple[float, float] = (4.2, 
 def _suptitle(figure, title: str, results: Sequence[VariantResult], shown: Sequence[VariantResult]) -> None:
     """The figure's title, naming the variants left out (no finished run with diagnostics)."""
     missing = [r.label for r in results if not any(r is s for s in shown)]
-    figure.suptitle(title + (f"\nnot shown (no finished run with diagnostics): {', '.join(missing)}" if missing else ""))
+    figure.suptitle(
+        title + (f"\nnot shown (no finished run with diagnostics): {', '.join(missing)}" if missing else "")
+    )
 
 
 def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
@@ -154,12 +166,17 @@ def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
         curves = [_curve(result, f"grad_norm_{layer}")[1] for layer in range(1, layers + 1)]
         epochs = len(curves[0])
         for epoch in sorted({0, epochs // 3, 2 * epochs // 3, epochs - 1}):
-            axis.plot(range(1, layers + 1), [max(curve[epoch], 1e-30) for curve in curves], marker="o",
-                      markersize=3, label=f"after epoch {epoch + 1}")
+            axis.plot(
+                range(1, layers + 1),
+                [max(curve[epoch], 1e-30) for curve in curves],
+                marker="o",
+                markersize=3,
+                label=f"after epoch {epoch + 1}",
+            )
         axis.set_yscale("log")
         axis.set(title=result.label, xlabel="Linear layer (1 = input side)", ylabel="gradient norm (probe batch)")
     _suptitle(figure, "Gradient norm per layer (mean over seeds)", results, shown)
-    _save(plt, figure, axes[:len(shown)], path)
+    _save(plt, figure, axes[: len(shown)], path)
 
 
 def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> None:
@@ -195,8 +212,11 @@ def _histograms(result: VariantResult) -> list[Histogram]:
     return diagnostics.activation_histograms if diagnostics else []
 
 
-PLOTS = {"curves.png": plot_curves, "train_vs_test_loss.png": plot_train_vs_test_loss,
-         "final_accuracy.png": plot_final_accuracy}
+PLOTS = {
+    "curves.png": plot_curves,
+    "train_vs_test_loss.png": plot_train_vs_test_loss,
+    "final_accuracy.png": plot_final_accuracy,
+}
 DIAGNOSTIC_PLOTS = {"gradient_norms.png": plot_gradient_norms, "activation_histograms.png": plot_activation_histograms}
 PLOT_NAMES = (*PLOTS, *DIAGNOSTIC_PLOTS)
 

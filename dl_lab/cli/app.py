@@ -23,13 +23,13 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+
 @app.callback()
 def _setup() -> None:
     """Train and compare small PyTorch MLPs on MNIST from YAML configs."""
     from dl_lab import signals
 
     signals.install()  # SIGTERM and SIGHUP end a run like Ctrl-C: status interrupted
-
 
 
 app.command()(user_errors()(train.train))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,12 +15,23 @@ from dl_lab.errors import UserError
 EXIT_OK, EXIT_FAILED, EXIT_RUN_FAILED = 0, 1, 3  # 2: bad input (errors.UserError); interrupted: 128 + the signal
 STATUS_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "diverged": EXIT_RUN_FAILED}
 
-ConfigOption = Annotated[str, typer.Option(
-    "--config", "-c", metavar="CONFIG",
-    help="A YAML file, or a name: configs/NAME.yaml under the current folder, else a preset shipped with dl_lab.")]
-SetOption = Annotated[Optional[List[str]], typer.Option(
-    "--set", metavar="KEY=VALUE",
-    help="Override a config key (dotted; value parsed as YAML), e.g. --set model.activation=sigmoid. Repeatable.")]
+ConfigOption = Annotated[
+    str,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="CONFIG",
+        help="A YAML file, or a name: configs/NAME.yaml under the current folder, else a preset shipped with dl_lab.",
+    ),
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config key (dotted; value parsed as YAML), e.g. --set model.activation=sigmoid. Repeatable.",
+    ),
+]
 
 
 class Engine(str, enum.Enum):
@@ -56,11 +68,18 @@ def folder_option(path: Path) -> Path:
     return path.expanduser()
 
 
-ExpectOption = Annotated[Optional[List[str]], typer.Option(
-    "--expect", metavar="EXPR",
-    help="Check a result, e.g. 'relu > sigmoid' (test_acc) or 'relu.test_loss < sigmoid.test_loss'. Repeatable.")]
-AlphaOption = Annotated[Optional[float], typer.Option(
-    "--alpha", help="Also demand significance: a paired t-test p-value below ALPHA for every --expect.")]
+ExpectOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--expect",
+        metavar="EXPR",
+        help="Check a result, e.g. 'relu > sigmoid' (test_acc) or 'relu.test_loss < sigmoid.test_loss'. Repeatable.",
+    ),
+]
+AlphaOption = Annotated[
+    Optional[float],
+    typer.Option("--alpha", help="Also demand significance: a paired t-test p-value below ALPHA for every --expect."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")]
 
 

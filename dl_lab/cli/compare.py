@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,25 +27,53 @@ from dl_lab.cli.render import render_comparison
 
 
 def compare(
-    names: Annotated[Optional[List[str]], typer.Argument(
-        help="Configs to compare: configs/NAME.yaml, a preset (e.g. lab09/xavier) or a path. The first is the baseline.")] = None,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per variant (default 3); seed i is shared by all variants.")] = None,
+    names: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Configs to compare: configs/NAME.yaml, a preset (e.g. lab09/xavier) or a path. The first is the baseline."
+        ),
+    ] = None,
+    seeds: Annotated[
+        Optional[int], typer.Option("--seeds", help="Seeds per variant (default 3); seed i is shared by all variants.")
+    ] = None,
     set_: SetOption = None,
-    vary: Annotated[Optional[List[str]], typer.Option(
-        "--vary", metavar="KEY=V1,V2", help="Expand into one variant per value; several --vary make a grid.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N for every variant.")] = None,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the comparison folder is created.")] = Path("runs"),
+    vary: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--vary", metavar="KEY=V1,V2", help="Expand into one variant per value; several --vary make a grid."
+        ),
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N for every variant.")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where the comparison folder is created.")] = Path(
+        "runs"
+    ),
     json_: JsonOption = False,
-    resume: Annotated[Optional[Path], typer.Option(
-        "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest.")] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume", metavar="FOLDER", help="Finish an interrupted comparison: keep completed runs, rerun the rest."
+        ),
+    ] = None,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
-    engine: Annotated[Optional[Engine], typer.Option(
-        "--engine", help="auto (default): train runs that share an architecture together (stacked weights); "
-                         "sequential: one model at a time; batched: stack every run.")] = None,
-    max_runs: Annotated[Optional[int], typer.Option(
-        "--max-runs", help="Refuse a comparison of more runs than this (default 1000), so a typo in --seeds "
-                           "cannot start thousands of runs.")] = None,
+    engine: Annotated[
+        Optional[Engine],
+        typer.Option(
+            "--engine",
+            help="auto (default): train runs that share an architecture together (stacked weights); "
+            "sequential: one model at a time; batched: stack every run.",
+        ),
+    ] = None,
+    max_runs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-runs",
+            help="Refuse a comparison of more runs than this (default 1000), so a typo in --seeds "
+            "cannot start thousands of runs.",
+        ),
+    ] = None,
 ) -> None:
     """Train several variants over matched seeds; write tables (Markdown, CSV, JSON) and plots.
 
@@ -74,21 +102,30 @@ def compare(
         if resume is not None:
             resume = folder_option(resume)
             if names or set_ or vary or device or seeds is not None or max_runs is not None:
-                raise ConfigError("--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
-                                  "--device, --seeds or --max-runs with it")
+                raise ConfigError(
+                    "--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
+                    "--device, --seeds or --max-runs with it"
+                )
             if not resume.is_dir():
                 raise ConfigError(f"--resume {resume}: no such folder")
             held.enter_context(FolderLock(resume, "comparison"))  # one writer: a second resume exits 2
             plan = load_plan(resume)
             if engine is not None and engine.value != plan.engine:
-                raise ConfigError(f"--engine {engine.value}: this comparison was planned with --engine {plan.engine}, "
-                                  "and a resumed run must train the same way; allowed: no --engine with --resume")
+                raise ConfigError(
+                    f"--engine {engine.value}: this comparison was planned with --engine {plan.engine}, "
+                    "and a resumed run must train the same way; allowed: no --engine with --resume"
+                )
         else:
             check_writable_folder(runs_dir, "--runs-dir")
             overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
-            plan = plan_comparison(names or [], overrides, vary or [], 3 if seeds is None else seeds,
-                                   engine=(engine or Engine.auto).value,
-                                   max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs)
+            plan = plan_comparison(
+                names or [],
+                overrides,
+                vary or [],
+                3 if seeds is None else seeds,
+                engine=(engine or Engine.auto).value,
+                max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs,
+            )
         expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
         check_alpha(alpha)
         data = load_data_for([run.config for run in plan.runs], os.environ)
@@ -100,8 +137,9 @@ def compare(
             folder = resume
         else:
             found = None
-            folder, lock = create_compare_dir(runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [],
-                                                                "device": device})
+            folder, lock = create_compare_dir(
+                runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device}
+            )
             held.callback(lock.release)
         todo = units_to_train(plan, found.done if found else frozenset())
         if found is not None:
@@ -109,9 +147,16 @@ def compare(
         engine_text = describe_units(plan.engine, [unit for unit, _ in todo])
         recorded = sum(len(record) for _, record in todo)
         riding = sum(len(unit.runs) for unit, _ in todo) - recorded
-        typer.echo(f"engine {engine_text}" + (f" ({riding} finished run(s) retrained unrecorded with their stack, "
-                                              "so the others' numbers are exactly those of an uninterrupted comparison)"
-                                              if riding else ""), err=True)
+        typer.echo(
+            f"engine {engine_text}"
+            + (
+                f" ({riding} finished run(s) retrained unrecorded with their stack, "
+                "so the others' numbers are exactly those of an uninterrupted comparison)"
+                if riding
+                else ""
+            ),
+            err=True,
+        )
         devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
         with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
             trained, interrupted = run_compare(folder, plan, todo, data, progress)

@@ -27,9 +27,14 @@ class Record(str, enum.Enum):
 
 
 def config_schema(
-    record: Annotated[Record, typer.Option(
-        "--record", help="config: the experiment config (YAML files); run: a run folder's summary.json; "
-                         "comparison: a comparison's (or report's) summary.json.")] = Record.config,
+    record: Annotated[
+        Record,
+        typer.Option(
+            "--record",
+            help="config: the experiment config (YAML files); run: a run folder's summary.json; "
+            "comparison: a comparison's (or report's) summary.json.",
+        ),
+    ] = Record.config,
 ) -> None:
     """Print the JSON Schema of a config file (or of a run's or comparison's summary.json), generated
     from the models that validate them, for editors and other tools."""
@@ -47,8 +52,12 @@ def options() -> None:
     from dl_lab.config import choices
     from dl_lab.config.loader import preset_names
 
-    for title, table in [("model.activation", choices.ACTIVATIONS), ("model.init", choices.INITIALIZERS),
-                         ("optimizer.name", choices.OPTIMIZERS), ("data.dataset", choices.DATASETS)]:
+    for title, table in [
+        ("model.activation", choices.ACTIVATIONS),
+        ("model.init", choices.INITIALIZERS),
+        ("optimizer.name", choices.OPTIMIZERS),
+        ("data.dataset", choices.DATASETS),
+    ]:
         typer.echo(f"{title}:")
         for choice in table:
             typer.echo(f"  {choice.name:<15} {choice.help}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import IO, Any, Sequence
+from collections.abc import Sequence
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -29,9 +30,11 @@ REFRESH_SECONDS = 0.2  # the running loss is read from the device at most this o
 
 def epoch_line(metrics: EpochMetrics, epochs: int) -> str:
     width = len(str(epochs))
-    line = (f"epoch {metrics.epoch:>{width}}/{epochs}  train_loss {metrics.train_loss:.4f}  "
-            f"train_acc {metrics.train_acc:.4f}  test_loss {metrics.test_loss:.4f}  "
-            f"test_acc {metrics.test_acc:.4f}")
+    line = (
+        f"epoch {metrics.epoch:>{width}}/{epochs}  train_loss {metrics.train_loss:.4f}  "
+        f"train_acc {metrics.train_acc:.4f}  test_loss {metrics.test_loss:.4f}  "
+        f"test_acc {metrics.test_acc:.4f}"
+    )
     if metrics.train_eval_acc is not None:
         line += f"  train_eval_acc {metrics.train_eval_acc:.4f}"
     return f"{line}  {metrics.seconds:.2f}s"
@@ -55,20 +58,28 @@ class LineProgress(Observer):
         key = run_key(run)
         self.started += 1
         self.warnings[key] = WarningTracker()
-        self.prefixes[key] = f"[{self.started}/{self.total_runs}] {run.name} seed {run.seed}: " if self.total_runs else ""
-        self.emit(f"training {run.name}: {run.train.epochs} epochs x {plan.steps} steps "
-                  f"(batch {plan.batch_size}) on {self.device}", run)
+        self.prefixes[key] = (
+            f"[{self.started}/{self.total_runs}] {run.name} seed {run.seed}: " if self.total_runs else ""
+        )
+        self.emit(
+            f"training {run.name}: {run.train.epochs} epochs x {plan.steps} steps "
+            f"(batch {plan.batch_size}) on {self.device}",
+            run,
+        )
 
     def pretrain_epoch_done(self, run: Run, record: PretrainEpoch) -> None:
-        self.emit(f"rbm layer {record.layer} epoch {record.epoch}/{run.model.rbm.epochs}  "
-                  f"reconstruction_error {record.reconstruction_error:.5f}  {record.seconds:.2f}s", run)
+        self.emit(
+            f"rbm layer {record.layer} epoch {record.epoch}/{run.model.rbm.epochs}  "
+            f"reconstruction_error {record.reconstruction_error:.5f}  {record.seconds:.2f}s",
+            run,
+        )
 
     def epoch_done(self, run: Run, metrics: EpochMetrics) -> None:
         self.emit(epoch_line(metrics, run.train.epochs), run)
         for warning in self.warnings[run_key(run)].new(metrics.diagnostics):
             self.emit(f"warning: {warning}", run)
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,9 +107,14 @@ class TerminalProgress(LineProgress):
         super().__init__(device, total_runs)
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.steps = 0
         self._last_refresh = 0.0
@@ -135,7 +151,7 @@ class TerminalProgress(LineProgress):
         self.progress.update(self.epoch_task, completed=metrics.epoch, info=f"test_acc {metrics.test_acc:.4f}")
         self.progress.reset(self.batch_task, total=self.steps, info="")
 
-    def __enter__(self) -> "TerminalProgress":
+    def __enter__(self) -> TerminalProgress:
         self.progress.start()
         return self
 

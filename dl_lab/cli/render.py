@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from dl_lab.runs.records import ComparisonSummary
 
 
-def render_comparison(summary: ComparisonSummary, folder: Path, json_: bool, trained_now: int | None = None, kept: int = 0) -> None:
+def render_comparison(
+    summary: ComparisonSummary, folder: Path, json_: bool, trained_now: int | None = None, kept: int = 0
+) -> None:
     """The comparison table as a rich table (plain text off a terminal), or summary.json with --json."""
     if json_:
         typer.echo(json.dumps(summary.to_json_dict(), indent=2))
@@ -39,8 +41,9 @@ def render_comparison(summary: ComparisonSummary, folder: Path, json_: bool, tra
         table.add_row(re.sub(r",(?=[\w.]+=)", ", ", label), *cells)
     console.print(table)
     for check in summary.expectations:
-        console.print(f"expect {check.expectation}: {'holds' if check.holds else 'FAILS'} ({check.detail})",
-                      markup=False)
+        console.print(
+            f"expect {check.expectation}: {'holds' if check.holds else 'FAILS'} ({check.detail})", markup=False
+        )
     if trained_now is not None:
         console.print(f"{trained_now} run(s) trained, {kept} kept from before", markup=False)
     console.print(f"{summary.status}: tables and plots in {folder}", markup=False)

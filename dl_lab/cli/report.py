@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,10 +22,16 @@ from dl_lab.cli.render import render_comparison
 
 
 def report(
-    folders: Annotated[List[Path], typer.Argument(help="A compare folder, or train run folders (or folders of them).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write: a new or empty folder, or an earlier "
-                                                              "report's (default: the compare folder, else "
-                                                              "runs/report-<time>).")] = None,
+    folders: Annotated[list[Path], typer.Argument(help="A compare folder, or train run folders (or folders of them).")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Where to write: a new or empty folder, or an earlier "
+            "report's (default: the compare folder, else "
+            "runs/report-<time>).",
+        ),
+    ] = None,
     json_: JsonOption = False,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
@@ -60,8 +66,11 @@ def report(
                 held.enter_context(FolderLock(target, "comparison" if target == compare_folder else "report folder"))
         loaded = load_compare(compare_folder) if compare_folder else load_loose_runs(folders)
         if not any(result.runs for result in loaded.results):
-            found = f" ({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''})" \
-                if loaded.unfinished else ""
+            found = (
+                f" ({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''})"
+                if loaded.unfinished
+                else ""
+            )
             raise ConfigError(f"report: no completed runs found in {', '.join(map(str, folders))}{found}")
         expectations = [parse_expectation(text, [r.label for r in loaded.results]) for text in expect or []]
         if target is None or not target.is_dir():  # created after validation: no empty folders
@@ -73,7 +82,10 @@ def report(
         render_comparison(summary, target, json_)
     if loaded.unfinished:
         hint = f"; finish with dllab compare --resume {compare_folder}" if compare_folder else ""
-        typer.echo(f"error: incomplete: {len(loaded.unfinished)} run(s) did not complete "
-                   f"({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''}){hint}", err=True)
+        typer.echo(
+            f"error: incomplete: {len(loaded.unfinished)} run(s) did not complete "
+            f"({', '.join(loaded.unfinished[:3])}{', …' if len(loaded.unfinished) > 3 else ''}){hint}",
+            err=True,
+        )
         raise typer.Exit(EXIT_RUN_FAILED)
     raise typer.Exit(EXIT_OK if all(e.holds for e in summary.expectations) else EXIT_FAILED)

@@ -27,7 +27,9 @@ def train(
     config: ConfigOption,
     set_: SetOption = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are created.")] = Path("runs"),
-    json_: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print summary.json to stdout (progress stays on stderr).")
+    ] = False,
 ) -> None:
     """Train one model from a config; write config.yaml, metrics.csv, summary.json and env.json to a new run folder.
 
@@ -58,8 +60,11 @@ def train(
         where = f" (traceback in {error_file})" if error_file.is_file() else ""
         typer.echo(f"error: training failed: {summary.error}{where}", err=True)
     if summary.status == "diverged":
-        typer.echo(f"error: training diverged: {summary.error}. The metrics of the epochs before are kept in "
-                   f"{summary.run_dir}; a smaller optimizer.lr usually helps.", err=True)
+        typer.echo(
+            f"error: training diverged: {summary.error}. The metrics of the epochs before are kept in "
+            f"{summary.run_dir}; a smaller optimizer.lr usually helps.",
+            err=True,
+        )
     raise typer.Exit(STATUS_EXIT.get(summary.status) if summary.status != "interrupted" else interrupted_exit())
 
 
@@ -68,5 +73,7 @@ def _result_text(summary: RunSummary) -> str:
         return f"{summary.status}: {summary.name}  {summary.epochs} epochs\nrun folder: {summary.run_dir}"
     final = summary.final
     numbers = f"test_acc {final.test_acc:.4f}  test_loss {final.test_loss:.4f}  " if final else ""
-    return (f"{summary.status}: {summary.name}  {numbers}{summary.epochs}/{summary.epochs_planned} epochs "
-            f"in {summary.seconds or 0.0:.1f}s on {summary.device}\nrun folder: {summary.run_dir}")
+    return (
+        f"{summary.status}: {summary.name}  {numbers}{summary.epochs}/{summary.epochs_planned} epochs "
+        f"in {summary.seconds or 0.0:.1f}s on {summary.device}\nrun folder: {summary.run_dir}"
+    )

@@ -7,7 +7,8 @@ Each entry names the nonlinearity that ``torch.nn.init.calculate_gain`` knows it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dl_lab.components.registry import Registry
 from dl_lab.config import choices
@@ -22,7 +23,7 @@ ACTIVATIONS: Registry[ActivationBuilder] = Registry(choices.ACTIVATIONS)
 
 
 def _module(class_name: str) -> ActivationBuilder:
-    def build(cfg: "ModelConfig") -> "nn.Module":
+    def build(cfg: ModelConfig) -> nn.Module:
         from torch import (
             nn,  # imported on first build, not at import time: keeps `dllab --help` fast
         )
@@ -47,7 +48,7 @@ for _name, _class, _gain, _bounds in [
 
 
 @ACTIVATIONS.register("leaky_relu", gain="leaky_relu")
-def _leaky_relu(cfg: "ModelConfig") -> "nn.Module":
+def _leaky_relu(cfg: ModelConfig) -> nn.Module:
     from torch import nn
 
     return nn.LeakyReLU(cfg.leaky_relu_slope)

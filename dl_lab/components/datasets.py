@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from dl_lab.components.registry import Registry
 from dl_lab.config import choices
@@ -29,17 +30,17 @@ ENV_DATA_DIR = "DLLAB_DATA_DIR"
 class RawSplits:
     """What a dataset builder returns: CPU tensors, images in [0, 1] as float or 0..255 as uint8."""
 
-    train_x: "torch.Tensor"
-    train_y: "torch.Tensor"
-    test_x: "torch.Tensor"
-    test_y: "torch.Tensor"
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
     num_classes: int
 
 
 @dataclass(frozen=True)
 class Split:
-    x: "torch.Tensor"  # (N, features) float32 on the device
-    y: "torch.Tensor"  # (N,) int64 on the device
+    x: torch.Tensor  # (N, features) float32 on the device
+    y: torch.Tensor  # (N,) int64 on the device
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -87,8 +88,7 @@ def _torchvision_splits(cls_name: str, folder: str) -> DatasetBuilder:
                 test = cls(str(root.path), train=False, download=download)
         except Exception as exc:  # not found, download refused or failed, corrupt files
             raw = root.path / folder / "raw"
-            how = ("downloading was allowed but failed" if download
-                   else "downloading is off (data.download: false)")
+            how = "downloading was allowed but failed" if download else "downloading is off (data.download: false)"
             raise DataError(
                 f"{folder} not found or unreadable under {raw} (folder chosen by {root.origin}; "
                 f"{how}: {' '.join(str(exc).split())}). Fix: point "
@@ -101,10 +101,8 @@ def _torchvision_splits(cls_name: str, folder: str) -> DatasetBuilder:
     return build
 
 
-DATASETS.register("mnist")(
-    _torchvision_splits("MNIST", "MNIST"))
-DATASETS.register("fashion-mnist")(
-    _torchvision_splits("FashionMNIST", "FashionMNIST"))
+DATASETS.register("mnist")(_torchvision_splits("MNIST", "MNIST"))
+DATASETS.register("fashion-mnist")(_torchvision_splits("FashionMNIST", "FashionMNIST"))
 
 
 @DATASETS.register("synthetic")
@@ -127,7 +125,7 @@ def synthetic(root: DataRoot, download: bool, n_train: int = 6000, n_test: int =
     return RawSplits(train_x, train_y, test_x, test_y, 10)
 
 
-def _as_features(images: "torch.Tensor") -> "torch.Tensor":
+def _as_features(images: torch.Tensor) -> torch.Tensor:
     """(N, H, W) uint8 0..255 or float 0..1 -> (N, H*W) float32 in [0, 1]."""
     import torch
 
@@ -135,15 +133,18 @@ def _as_features(images: "torch.Tensor") -> "torch.Tensor":
     return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
 
 
-def load_dataset(cfg: "DataConfig", root: DataRoot, device: "torch.device") -> Dataset:
+def load_dataset(cfg: DataConfig, root: DataRoot, device: torch.device) -> Dataset:
     """Load (or download) once, convert in bulk, optionally standardize and subset, move to device."""
     raw = DATASETS[cfg.dataset].build(root, cfg.download)
     train_x, test_x = _as_features(raw.train_x), _as_features(raw.test_x)
     train_y, test_y = raw.train_y.long(), raw.test_y.long()
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train_x):
-            raise DataError(f"{cfg.train_subset} is more than the {len(train_x)} training samples of "
-                            f"{cfg.dataset}; allowed: 1..{len(train_x)} or null", key="data.train_subset")
+            raise DataError(
+                f"{cfg.train_subset} is more than the {len(train_x)} training samples of "
+                f"{cfg.dataset}; allowed: 1..{len(train_x)} or null",
+                key="data.train_subset",
+            )
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
     if cfg.normalize:
         # Statistics of the (possibly subset) training split only: the test split must not leak in.
@@ -157,4 +158,3 @@ def load_dataset(cfg: "DataConfig", root: DataRoot, device: "torch.device") -> D
         num_classes=raw.num_classes,
         root="" if cfg.dataset == "synthetic" else str(root.path),
     )
-

@@ -13,7 +13,8 @@ gain: with ``model.init_gain: auto`` it is the one torch recommends for the laye
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dl_lab.components.activations import ACTIVATIONS
 from dl_lab.components.registry import Registry
@@ -28,7 +29,7 @@ Initializer = Callable[["nn.Linear", float], None]  # (layer, gain)
 INITIALIZERS: Registry[Initializer] = Registry(choices.INITIALIZERS)
 
 
-def layer_gain(cfg: "ModelConfig", output_layer: bool) -> float:
+def layer_gain(cfg: ModelConfig, output_layer: bool) -> float:
     """The gain for one Linear layer: init_gain if a number, else the activation's recommended gain."""
     if cfg.init_gain != "auto":
         return float(cfg.init_gain)
@@ -41,12 +42,12 @@ def layer_gain(cfg: "ModelConfig", output_layer: bool) -> float:
 
 
 @INITIALIZERS.register("default")
-def _default(layer: "nn.Linear", gain: float) -> None:
+def _default(layer: nn.Linear, gain: float) -> None:
     layer.reset_parameters()
 
 
 @INITIALIZERS.register("zeros")
-def _zeros(layer: "nn.Linear", gain: float) -> None:
+def _zeros(layer: nn.Linear, gain: float) -> None:
     from torch.nn import init  # lazy, as in activations
 
     init.zeros_(layer.weight)
@@ -54,37 +55,37 @@ def _zeros(layer: "nn.Linear", gain: float) -> None:
 
 
 @INITIALIZERS.register("normal")
-def _normal(layer: "nn.Linear", gain: float) -> None:
+def _normal(layer: nn.Linear, gain: float) -> None:
     from torch.nn import init
 
     init.normal_(layer.weight)
 
 
 @INITIALIZERS.register("xavier_uniform")
-def _xavier_uniform(layer: "nn.Linear", gain: float) -> None:
+def _xavier_uniform(layer: nn.Linear, gain: float) -> None:
     from torch.nn import init
 
     init.xavier_uniform_(layer.weight, gain=gain)
 
 
 @INITIALIZERS.register("xavier_normal")
-def _xavier_normal(layer: "nn.Linear", gain: float) -> None:
+def _xavier_normal(layer: nn.Linear, gain: float) -> None:
     from torch.nn import init
 
     init.xavier_normal_(layer.weight, gain=gain)
 
 
 @INITIALIZERS.register("he_uniform")
-def _he_uniform(layer: "nn.Linear", gain: float) -> None:
+def _he_uniform(layer: nn.Linear, gain: float) -> None:
     bound = math.sqrt(3.0) * gain / math.sqrt(layer.in_features)
     layer.weight.data.uniform_(-bound, bound)
 
 
 @INITIALIZERS.register("he_normal")
-def _he_normal(layer: "nn.Linear", gain: float) -> None:
+def _he_normal(layer: nn.Linear, gain: float) -> None:
     layer.weight.data.normal_(0.0, gain / math.sqrt(layer.in_features))
 
 
 @INITIALIZERS.register("rbm")
-def _rbm(layer: "nn.Linear", gain: float) -> None:
+def _rbm(layer: nn.Linear, gain: float) -> None:
     layer.reset_parameters()  # placeholder until pre-training (engine) overwrites the hidden layers

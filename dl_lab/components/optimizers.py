@@ -3,7 +3,8 @@ non-default values for keys an optimizer would ignore (momentum on Adam, say).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from dl_lab.components.registry import Registry
 from dl_lab.config import choices
@@ -17,15 +18,25 @@ OptimizerBuilder = Callable[..., "torch.optim.Optimizer"]  # (params, OptimizerC
 OPTIMIZERS: Registry[OptimizerBuilder] = Registry(choices.OPTIMIZERS)
 
 # Config keys that map one-to-one onto torch.optim keyword arguments.
-_TORCH_NAMES = {"lr": "lr", "weight_decay": "weight_decay", "momentum": "momentum", "nesterov": "nesterov",
-                "betas": "betas", "eps": "eps", "alpha": "alpha", "centered": "centered", "lr_decay": "lr_decay"}
+_TORCH_NAMES = {
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "betas": "betas",
+    "eps": "eps",
+    "alpha": "alpha",
+    "centered": "centered",
+    "lr_decay": "lr_decay",
+}
 
 
 def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
     """Build torch.optim.<class_name> from the keys the registry entry says it reads."""
 
-    def build(params: Iterable["torch.nn.Parameter"], cfg: "OptimizerConfig", device: "torch.device",
-              capturable: bool = False):
+    def build(
+        params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, device: torch.device, capturable: bool = False
+    ):
         """``capturable``: keep all optimizer state on the device so step() can be captured in a CUDA graph."""
         import inspect
 
@@ -53,6 +64,11 @@ def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
 
 
 # name (config.choices, which also lists the keys each reads), torch.optim class, fused kernel available
-for _name, _class, _fused in [("sgd", "SGD", False), ("adam", "Adam", True), ("adamw", "AdamW", True),
-                              ("rmsprop", "RMSprop", False), ("adagrad", "Adagrad", False)]:
+for _name, _class, _fused in [
+    ("sgd", "SGD", False),
+    ("adam", "Adam", True),
+    ("adamw", "AdamW", True),
+    ("rmsprop", "RMSprop", False),
+    ("adagrad", "Adagrad", False),
+]:
     OPTIMIZERS.register(_name)(_torch_optimizer(_class, _fused))

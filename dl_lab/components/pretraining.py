@@ -11,7 +11,7 @@ activations they are still a data-dependent starting point.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,8 +25,9 @@ EpochCallback = Callable[[int, int, float, float], None]
 
 
 @torch.no_grad()
-def pretrain_rbm(model: nn.Module, inputs: torch.Tensor, cfg: RbmConfig, order: torch.Generator,
-                 on_epoch: EpochCallback) -> None:
+def pretrain_rbm(
+    model: nn.Module, inputs: torch.Tensor, cfg: RbmConfig, order: torch.Generator, on_epoch: EpochCallback
+) -> None:
     """Pre-train every hidden Linear layer of ``model`` in place, reporting each epoch to ``on_epoch``."""
     for index, layer in enumerate(linear_layers(model)[:-1], start=1):
         weight, hidden_bias = _train_rbm(inputs, layer.out_features, cfg, order, index, on_epoch)
@@ -35,8 +36,9 @@ def pretrain_rbm(model: nn.Module, inputs: torch.Tensor, cfg: RbmConfig, order: 
         inputs = torch.sigmoid(inputs @ weight.T + hidden_bias)  # the next RBM's data
 
 
-def _train_rbm(data: torch.Tensor, hidden: int, cfg: RbmConfig, order: torch.Generator, index: int,
-               on_epoch: EpochCallback) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_rbm(
+    data: torch.Tensor, hidden: int, cfg: RbmConfig, order: torch.Generator, index: int, on_epoch: EpochCallback
+) -> tuple[torch.Tensor, torch.Tensor]:
     n, visible = data.shape
     device = data.device
     # Hinton's "practical guide": small random weights, zero hidden biases, visible biases at the log-odds
@@ -50,7 +52,7 @@ def _train_rbm(data: torch.Tensor, hidden: int, cfg: RbmConfig, order: torch.Gen
         error = torch.zeros((), device=device)
         permutation = torch.randperm(n, generator=order).to(device)
         for first in range(0, n, cfg.batch_size):
-            v0 = data.index_select(0, permutation[first:first + cfg.batch_size])
+            v0 = data.index_select(0, permutation[first : first + cfg.batch_size])
             ph0 = torch.sigmoid(v0 @ weight.T + hidden_bias)
             h = torch.bernoulli(ph0)
             for step in range(cfg.k):

@@ -8,8 +8,9 @@ register builders import torch lazily, so reading a registry stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 from dl_lab.config.choices import Choices
 

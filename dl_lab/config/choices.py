@@ -8,8 +8,8 @@ to every name here, so a name cannot be valid without something that builds it (
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class Choices:
 
     def unknown_message(self, name: object) -> str:
         """'unknown activation 'rleu' (did you mean 'relu'?); allowed: ...'."""
-        return f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())}; allowed: {', '.join(self.names())}"
+        return (
+            f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())}; allowed: {', '.join(self.names())}"
+        )
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -76,19 +78,32 @@ INITIALIZERS = Choices(
     ("xavier_normal", "N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out))", ("init_gain",)),
     ("he_uniform", "U(-a, a), a = gain * sqrt(3 / fan_in); ReLU: sqrt(6 / fan_in)", ("init_gain",)),
     ("he_normal", "N(0, std^2), std = gain / sqrt(fan_in); ReLU: sqrt(2 / fan_in)", ("init_gain",)),
-    ("rbm", "greedy layer-wise RBM pre-training (CD-k) of the hidden layers, then fine-tuning; settings in model.rbm",
-     ("rbm",)),
+    (
+        "rbm",
+        "greedy layer-wise RBM pre-training (CD-k) of the hidden layers, then fine-tuning; settings in model.rbm",
+        ("rbm",),
+    ),
 )
 
 OPTIMIZERS = Choices(
     "optimizer",
-    ("sgd", "stochastic gradient descent, optional (Nesterov) momentum", ("lr", "weight_decay", "momentum", "nesterov")),
+    (
+        "sgd",
+        "stochastic gradient descent, optional (Nesterov) momentum",
+        ("lr", "weight_decay", "momentum", "nesterov"),
+    ),
     ("adam", "Adam (the lab's optimizer)", ("lr", "weight_decay", "betas", "eps")),
     ("adamw", "Adam with decoupled weight decay", ("lr", "weight_decay", "betas", "eps")),
-    ("rmsprop", "RMSprop: steps scaled by a running RMS of the gradients",
-     ("lr", "weight_decay", "momentum", "alpha", "eps", "centered")),
-    ("adagrad", "Adagrad: per-parameter steps shrinking with accumulated squared gradients",
-     ("lr", "weight_decay", "lr_decay", "eps")),
+    (
+        "rmsprop",
+        "RMSprop: steps scaled by a running RMS of the gradients",
+        ("lr", "weight_decay", "momentum", "alpha", "eps", "centered"),
+    ),
+    (
+        "adagrad",
+        "Adagrad: per-parameter steps shrinking with accumulated squared gradients",
+        ("lr", "weight_decay", "lr_decay", "eps"),
+    ),
 )
 
 DATASETS = Choices(

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -36,7 +37,7 @@ def limit(cap: tuple[str, int]) -> int:
 def short(value: Any, width: int = 80) -> str:
     """repr() cut to ``width`` characters: messages stay one readable line whatever the input."""
     text = repr(value)
-    return text if len(text) <= width else f"{text[:width - 5]}…{text[-4:]}"
+    return text if len(text) <= width else f"{text[: width - 5]}…{text[-4:]}"
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot read config file ({exc.strerror or exc})") from None
     if len(raw) > cap:
-        raise ConfigError(f"{shown}: larger than {cap:,} bytes, far beyond any config; allowed: a small YAML file "
-                          f"(set {MAX_CONFIG_BYTES[0]}=<bytes> to read a bigger one on purpose)")
+        raise ConfigError(
+            f"{shown}: larger than {cap:,} bytes, far beyond any config; allowed: a small YAML file "
+            f"(set {MAX_CONFIG_BYTES[0]}=<bytes> to read a bigger one on purpose)"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{shown}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
-                          "allowed: a YAML file saved as UTF-8") from None
+        raise ConfigError(
+            f"{shown}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+            "allowed: a YAML file saved as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -123,7 +128,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{shown}: {where}malformed YAML ({problem})") from None
     except RecursionError:
-        raise ConfigError(f"{shown}: nested too deeply to be a config; allowed: sections such as 'model: {{...}}'") from None
+        raise ConfigError(
+            f"{shown}: nested too deeply to be a config; allowed: sections such as 'model: {{...}}'"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -135,8 +142,10 @@ def _read_with_parents(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     """Merge the `extends` chain, parent first; returns (merged dict, dotted key -> origin)."""
     resolved = path.resolve()
     if len(chain) >= limit(MAX_EXTENDS_DEPTH):
-        raise ConfigError(f"{_display(path)}: extends: a chain of more than {limit(MAX_EXTENDS_DEPTH)} files; allowed: a "
-                          f"shorter chain (set {MAX_EXTENDS_DEPTH[0]}=<files> to allow a longer one on purpose)")
+        raise ConfigError(
+            f"{_display(path)}: extends: a chain of more than {limit(MAX_EXTENDS_DEPTH)} files; allowed: a "
+            f"shorter chain (set {MAX_EXTENDS_DEPTH[0]}=<files> to allow a longer one on purpose)"
+        )
     if resolved in chain:
         cycle = " -> ".join(_display(p) for p in (*chain, resolved))
         raise ConfigError(f"{_display(path)}: extends: cycle {cycle}; a config may not extend itself")
@@ -146,10 +155,14 @@ def _read_with_parents(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     origins: dict[str, str] = {}
     if parent_ref is not None:
         if not isinstance(parent_ref, str):
-            raise ConfigError(f"{_display(path)}: extends: expected a file path relative to this file, got {parent_ref!r}")
+            raise ConfigError(
+                f"{_display(path)}: extends: expected a file path relative to this file, got {parent_ref!r}"
+            )
         parent = path.parent / parent_ref
         if not parent.is_file():
-            raise ConfigError(f"{_display(path)}: extends: no such file {_display(parent)} (paths are relative to the extending file)")
+            raise ConfigError(
+                f"{_display(path)}: extends: no such file {_display(parent)} (paths are relative to the extending file)"
+            )
         merged, origins = _read_with_parents(parent, (*chain, resolved))
         merged.pop("name", None)  # a parent's name would mislabel the child's runs
         origins.pop("name", None)
@@ -179,19 +192,23 @@ def _apply_override(merged: dict[str, Any], origins: dict[str, str], item: str) 
     bad = next((part for part in parts if not KEY_PART.match(part)), None)
     if bad is not None:
         what = "an empty part" if not bad else f"the part {short(bad)}"
-        raise ConfigError(f"{SET_ORIGIN} {short(item)}: the key {short(key)} has {what}; allowed: dotted names such as "
-                          "model.hidden or optimizer.lr")
+        raise ConfigError(
+            f"{SET_ORIGIN} {short(item)}: the key {short(key)} has {what}; allowed: dotted names such as "
+            "model.hidden or optimizer.lr"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{SET_ORIGIN} {short(item)}: value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(
+            f"{SET_ORIGIN} {short(item)}: value is not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{SET_ORIGIN} {short(item)}: value nested too deeply") from None
     node = merged
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{SET_ORIGIN} {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            raise ConfigError(f"{SET_ORIGIN} {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
         node = child
     update = {parts[-1]: value}
     _merge(node, update, origins, SET_ORIGIN, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")

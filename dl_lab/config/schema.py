@@ -53,8 +53,10 @@ def _used_by_choice(registry: Choices, chooser: str, label: str):
             return value
         if value != cls.model_fields[info.field_name].default:
             readers = ", ".join(e.name for e in registry if info.field_name in e.params)
-            raise ValueError(f"{label} {chosen} does not use {info.field_name}; allowed only with: {readers} "
-                             f"(remove the key or choose one of those)")
+            raise ValueError(
+                f"{label} {chosen} does not use {info.field_name}; allowed only with: {readers} "
+                f"(remove the key or choose one of those)"
+            )
         return value
 
     return check
@@ -87,16 +89,20 @@ class RbmConfig(Section):
 
 class ModelConfig(Section):
     hidden: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (256, 256), description="a list of hidden-layer widths, each >= 1 ([] is softmax regression)")
+        (256, 256), description="a list of hidden-layer widths, each >= 1 ([] is softmax regression)"
+    )
     activation: str = Field("relu", description=f"one of: {', '.join(ACTIVATIONS.names())}")
     init: str = Field("normal", description=f"one of: {', '.join(INITIALIZERS.names())}")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="a probability in [0, 1)")
     batchnorm: BatchNormConfig | Literal[False] = Field(
-        False, description="false, true (= before the activation) or {position: before|after}")
+        False, description="false, true (= before the activation) or {position: before|after}"
+    )
     leaky_relu_slope: float = Field(0.01, ge=0.0, description="a number >= 0 (leaky_relu only)")
     init_gain: Union[Literal["auto"], Annotated[float, Field(gt=0.0)]] = Field(
-        "auto", description="'auto' (the gain torch recommends for each layer's activation, 1 for the output "
-                            "layer) or a number > 0 (xavier_*, he_* only)")
+        "auto",
+        description="'auto' (the gain torch recommends for each layer's activation, 1 for the output "
+        "layer) or a number > 0 (xavier_*, he_* only)",
+    )
     rbm: RbmConfig = Field(RbmConfig(), description="{epochs, lr, k, batch_size} (init: rbm only)")
 
     check_activation = field_validator("activation")(lambda cls, v: _registered(ACTIVATIONS, v))
@@ -108,7 +114,9 @@ class ModelConfig(Section):
     def _batchnorm_true(cls, value: Any) -> Any:
         return {} if value is True else value
 
-    check_activation_params = field_validator("leaky_relu_slope")(_used_by_choice(ACTIVATIONS, "activation", "activation"))
+    check_activation_params = field_validator("leaky_relu_slope")(
+        _used_by_choice(ACTIVATIONS, "activation", "activation")
+    )
 
     @property
     def has_batchnorm_layers(self) -> bool:
@@ -123,17 +131,20 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="a number in [0, 1) (sgd)")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd, needs momentum > 0)")
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
-        (0.9, 0.999), description="two numbers in [0, 1) (adam, adamw)")
-    eps: Optional[float] = Field(None, gt=0.0, description="null (the optimizer's own default) or a number > 0 "
-                                                           "(adam, adamw, rmsprop, adagrad)")
+        (0.9, 0.999), description="two numbers in [0, 1) (adam, adamw)"
+    )
+    eps: Optional[float] = Field(
+        None, gt=0.0, description="null (the optimizer's own default) or a number > 0 (adam, adamw, rmsprop, adagrad)"
+    )
     alpha: float = Field(0.99, gt=0.0, lt=1.0, description="a smoothing constant in (0, 1) (rmsprop)")
     centered: bool = Field(False, description="normalize by the centred second moment (rmsprop)")
     lr_decay: float = Field(0.0, ge=0.0, description="a number >= 0 (adagrad)")
 
     check_name = field_validator("name")(lambda cls, v: _registered(OPTIMIZERS, v))
 
-    check_params = field_validator("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "alpha",
-                                   "centered", "lr_decay")(_used_by_choice(OPTIMIZERS, "name", "optimizer"))
+    check_params = field_validator(
+        "lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "alpha", "centered", "lr_decay"
+    )(_used_by_choice(OPTIMIZERS, "name", "optimizer"))
 
     @field_validator("nesterov")
     @classmethod
@@ -145,15 +156,26 @@ class OptimizerConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(15, ge=1, description="an integer >= 1")
-    eval_train: bool = Field(False, description="also evaluate the training split in eval mode each epoch "
-                                                "(train_eval_loss, train_eval_acc in metrics.csv)")
+    eval_train: bool = Field(
+        False,
+        description="also evaluate the training split in eval mode each epoch "
+        "(train_eval_loss, train_eval_acc in metrics.csv)",
+    )
     diagnostics: bool = Field(True, description="per-layer gradient/activation diagnostics on a probe batch each epoch")
-    step_grad_norms: bool = Field(False, description="also measure each layer's gradient norm at every training step "
-                                                     "(epoch means in train_grad_norm columns; a non-finite gradient "
-                                                     "then stops the run at its own step); 5-12% slower epochs on CPU")
-    cuda_graphs: bool = Field(False, description="capture the training step as a CUDA graph and replay it per batch "
-                                                 "(CUDA only, full batches only; ignored elsewhere)")
-    tf32: bool = Field(False, description="allow TF32 matmuls on CUDA (faster, ~1e-3 relative precision; no effect on CPU)")
+    step_grad_norms: bool = Field(
+        False,
+        description="also measure each layer's gradient norm at every training step "
+        "(epoch means in train_grad_norm columns; a non-finite gradient "
+        "then stops the run at its own step); 5-12% slower epochs on CPU",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="capture the training step as a CUDA graph and replay it per batch "
+        "(CUDA only, full batches only; ignored elsewhere)",
+    )
+    tf32: bool = Field(
+        False, description="allow TF32 matmuls on CUDA (faster, ~1e-3 relative precision; no effect on CPU)"
+    )
 
     @field_validator("step_grad_norms")
     @classmethod
@@ -164,9 +186,12 @@ class TrainConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
-                      description=f"the run's name, 1 to {MAX_NAME_LENGTH} characters, no path separators or "
-                                  "control characters, not starting with '.'; default: the config file's stem")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description=f"the run's name, 1 to {MAX_NAME_LENGTH} characters, no path separators or "
+        "control characters, not starting with '.'; default: the config file's stem",
+    )
     seed: int = Field(777, ge=0, le=2**63 - 1, description="an integer >= 0")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     data: DataConfig = DataConfig()
@@ -182,10 +207,12 @@ class ExperimentConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _rbm_needs_unit_interval_pixels(self) -> "ExperimentConfig":
+    def _rbm_needs_unit_interval_pixels(self) -> ExperimentConfig:
         if self.model.init == "rbm" and self.data.normalize:
-            raise ValueError("model.init: rbm pre-trains Bernoulli units, which need pixels in [0, 1]; "
-                             "allowed: data.normalize: false with init rbm")
+            raise ValueError(
+                "model.init: rbm pre-trains Bernoulli units, which need pixels in [0, 1]; "
+                "allowed: data.normalize: false with init rbm"
+            )
         return self
 
     @field_validator("name")

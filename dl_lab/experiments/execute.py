@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -61,23 +62,32 @@ def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.devic
     or a model (a stack of ``models``) that cannot fit in the memory ``device`` has free."""
     n, batch = len(data.train), config.data.batch_size
     if BatchPlan.make(n, batch, config.data.drop_last, config.model.has_batchnorm_layers).steps == 0:
-        why = "with data.drop_last: true the only batch is partial and dropped" if config.data.drop_last else \
-            "batch norm cannot train on a single sample"
-        raise DataError(f"an epoch would have no training step: {n} training sample(s) in batches of {batch}, and {why}; "
-                        f"allowed: data.batch_size <= {n}" + (" or data.drop_last: false" if config.data.drop_last else ""),
-                        key="data.batch_size")
+        why = (
+            "with data.drop_last: true the only batch is partial and dropped"
+            if config.data.drop_last
+            else "batch norm cannot train on a single sample"
+        )
+        raise DataError(
+            f"an epoch would have no training step: {n} training sample(s) in batches of {batch}, and {why}; "
+            f"allowed: data.batch_size <= {n}" + (" or data.drop_last: false" if config.data.drop_last else ""),
+            key="data.batch_size",
+        )
     needed = training_bytes(config, data.num_features, data.num_classes, len(data.test), models)
     free = available_bytes(device)
     if free is not None and needed > free:
         stack = f" for a stack of {models} models" if models > 1 else ""
-        raise ConfigError(f"training needs about {human(needed)}{stack} ({planned_parameters(config, data.num_features, data.num_classes):,} "
-                          f"parameters per model with gradients and {config.optimizer.name} state, plus a batch's activations), "
-                          f"but {device} has about {human(free)} free; allowed: smaller model.hidden widths"
-                          + (", fewer seeds or variants per stack (--engine sequential)" if models > 1 else ""),
-                          key="model.hidden")
+        raise ConfigError(
+            f"training needs about {human(needed)}{stack} ({planned_parameters(config, data.num_features, data.num_classes):,} "
+            f"parameters per model with gradients and {config.optimizer.name} state, plus a batch's activations), "
+            f"but {device} has about {human(free)} free; allowed: smaller model.hidden widths"
+            + (", fewer seeds or variants per stack (--engine sequential)" if models > 1 else ""),
+            key="model.hidden",
+        )
 
 
-def load_data_for(configs: Iterable[ExperimentConfig], environ: Mapping[str, str]) -> dict[str, tuple[torch.device, Dataset]]:
+def load_data_for(
+    configs: Iterable[ExperimentConfig], environ: Mapping[str, str]
+) -> dict[str, tuple[torch.device, Dataset]]:
     """Resolve the device and load the dataset once per distinct (device, data) setting."""
     loaded: dict[str, tuple[torch.device, Dataset]] = {}
     for config in configs:
@@ -168,8 +178,15 @@ class CompareRecorder(Observer):
         key = run_key(run)
         recorder = self.open.pop(key, None)
         if recorder is None:  # its folder could not be created: nothing on disk to mark
-            self.summaries.append(RunSummary(name=run.name, seed=run.seed, status=result.status,
-                                             run_dir=str(self.folder / self.folders[key]), error=result.error))
+            self.summaries.append(
+                RunSummary(
+                    name=run.name,
+                    seed=run.seed,
+                    status=result.status,
+                    run_dir=str(self.folder / self.folders[key]),
+                    error=result.error,
+                )
+            )
             return
         self.summaries.append(recorder.finish(result))
 
@@ -179,8 +196,13 @@ class CompareRecorder(Observer):
         self.open.clear()
 
 
-def run_compare(folder: Path, plan: ComparePlan, todo: Sequence[tuple[Unit, frozenset[int]]],
-                data: Mapping[str, tuple[torch.device, Dataset]], progress: Observer) -> tuple[list[RunSummary], bool]:
+def run_compare(
+    folder: Path,
+    plan: ComparePlan,
+    todo: Sequence[tuple[Unit, frozenset[int]]],
+    data: Mapping[str, tuple[torch.device, Dataset]],
+    progress: Observer,
+) -> tuple[list[RunSummary], bool]:
     """Train the units in ``todo`` (compare.units_to_train), recording their unfinished runs in their
     planned folders. Returns the summaries of the runs recorded now and whether training was interrupted."""
     folders = {run.key: run.folder for run in plan.runs}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from dl_lab.config.loader import load_config, short
 from dl_lab.config.schema import MAX_NAME_LENGTH
@@ -37,10 +37,15 @@ def load_plan(folder: Path) -> ComparePlan:
     units = plan.units or tuple(plan_units([r.config for r in runs], plan.engine))
     for unit in units:
         configs = [runs[i].config for i in unit.runs]
-        if len({batch_key(c) for c in configs}) > 1 or len({data_key(c) for c in configs}) > 1 or \
-                (not unit.stacked and len(configs) > 1):
-            raise unreadable_plan(folder / PLAN_FILE, "a unit holds runs that cannot train together "
-                                                      f"({', '.join(runs[i].folder for i in unit.runs)})")
+        if (
+            len({batch_key(c) for c in configs}) > 1
+            or len({data_key(c) for c in configs}) > 1
+            or (not unit.stacked and len(configs) > 1)
+        ):
+            raise unreadable_plan(
+                folder / PLAN_FILE,
+                f"a unit holds runs that cannot train together ({', '.join(runs[i].folder for i in unit.runs)})",
+            )
     return ComparePlan(plan.variants, plan.seeds, runs, units, plan.engine)
 
 
@@ -67,12 +72,16 @@ def parse_vary(items: Iterable[str]) -> list[tuple[str, list[str]]]:
         key, sep, values = item.partition("=")
         options = split_values(values) if sep else []
         if not key.strip() or not options or any(not v for v in options):
-            raise ConfigError(f"--vary {short(item)}: expected KEY=V1,V2[,...], e.g. --vary model.activation=sigmoid,relu")
+            raise ConfigError(
+                f"--vary {short(item)}: expected KEY=V1,V2[,...], e.g. --vary model.activation=sigmoid,relu"
+            )
         earlier = next((f"{k}={','.join(v)}" for k, v in grid if k == key.strip()), None)
         if earlier is not None:
-            raise ConfigError(f"--vary: the key {key.strip()} is given twice (--vary {short(earlier)} and --vary "
-                              f"{short(item)}); allowed: each key once, with all its values, e.g. --vary "
-                              f"{key.strip()}={','.join([*split_values(earlier.partition('=')[2]), *options])}")
+            raise ConfigError(
+                f"--vary: the key {key.strip()} is given twice (--vary {short(earlier)} and --vary "
+                f"{short(item)}); allowed: each key once, with all its values, e.g. --vary "
+                f"{key.strip()}={','.join([*split_values(earlier.partition('=')[2]), *options])}"
+            )
         grid.append((key.strip(), options))
     return grid
 
@@ -84,13 +93,22 @@ def variant_label(name: str, combo: Sequence[tuple[str, str]], several_names: bo
     label = name if not varied else varied if not several_names else f"{name}:{varied}"
     label = re.sub(r"[/\\\x00-\x1f\x7f]", "_", label).lstrip(".") or "variant"
     if len(label) > MAX_NAME_LENGTH:
-        raise ConfigError(f"compare: the variant label {short(label)} is longer than {MAX_NAME_LENGTH} characters; "
-                          "allowed: shorter --vary values or config names")
+        raise ConfigError(
+            f"compare: the variant label {short(label)} is longer than {MAX_NAME_LENGTH} characters; "
+            "allowed: shorter --vary values or config names"
+        )
     return label
 
 
-def plan_comparison(names: Sequence[str], overrides: Sequence[str], vary: Sequence[str], seeds: int,
-                    cwd: Path | None = None, engine: str = "auto", max_runs: int = DEFAULT_MAX_RUNS) -> ComparePlan:
+def plan_comparison(
+    names: Sequence[str],
+    overrides: Sequence[str],
+    vary: Sequence[str],
+    seeds: int,
+    cwd: Path | None = None,
+    engine: str = "auto",
+    max_runs: int = DEFAULT_MAX_RUNS,
+) -> ComparePlan:
     """Resolve every variant's config now, so bad input fails before anything is written or trained."""
     if not names:
         raise ConfigError("compare: give at least one config name (e.g. dllab compare sigmoid relu)")
@@ -100,9 +118,11 @@ def plan_comparison(names: Sequence[str], overrides: Sequence[str], vary: Sequen
     combos = list(itertools.product(*[[(key, value) for value in values] for key, values in grid])) if grid else [()]
     total = len(names) * len(combos) * seeds
     if total > max_runs:
-        raise ConfigError(f"compare: {total:,} runs planned ({len(names) * len(combos):,} variant(s) x {seeds:,} seed(s)), "
-                          f"more than the limit of {max_runs:,} per comparison; pass --max-runs {total} to run them "
-                          "on purpose")
+        raise ConfigError(
+            f"compare: {total:,} runs planned ({len(names) * len(combos):,} variant(s) x {seeds:,} seed(s)), "
+            f"more than the limit of {max_runs:,} per comparison; pass --max-runs {total} to run them "
+            "on purpose"
+        )
     variants: list[Variant] = []
     for name in names:
         for combo in combos:
@@ -123,8 +143,10 @@ def _refuse_duplicate(variants: Sequence[Variant], new: Variant) -> None:
         if old.label == new.label:
             raise ConfigError(f"compare: variant {new.label!r} appears twice; give each config once")
         if old.config.experiment_hash() == new.config.experiment_hash():
-            raise ConfigError(f"compare: variants {old.label!r} and {new.label!r} resolve to the same config (name and "
-                              "seed aside), so their runs would be the same; allowed: variants that differ in some key")
+            raise ConfigError(
+                f"compare: variants {old.label!r} and {new.label!r} resolve to the same config (name and "
+                "seed aside), so their runs would be the same; allowed: variants that differ in some key"
+            )
 
 
 def _folder_names(variants: Sequence[Variant], seeds: Sequence[int]) -> dict[tuple[str, int], str]:
@@ -147,5 +169,8 @@ def units_to_train(plan: ComparePlan, done: frozenset[int]) -> list[tuple[Unit, 
     """Units with an unfinished run, each with the runs to record. A unit trains whole even when some
     of its runs are done: a stack's numbers depend on its members, so the finished ones ride along
     unrecorded and the others come out exactly as they would have."""
-    return [(unit, frozenset(i for i in unit.runs if i not in done)) for unit in plan.units
-            if any(i not in done for i in unit.runs)]
+    return [
+        (unit, frozenset(i for i in unit.runs if i not in done))
+        for unit in plan.units
+        if any(i not in done for i in unit.runs)
+    ]

@@ -8,7 +8,7 @@ the same models in it, the same order): its numbers are bit-identical on CPU.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.runs.comparison import Unit

@@ -163,7 +163,7 @@ class RunRecorder(Observer):
         final = self.history[-1] if self.history else None
         plan = result.plan if result else self.plan
         error = error or (result.error if result else None)
-        fields: dict[str, Any] = dict(
+        fields: dict[str, Any] = dict(  # noqa: C408 (keyword form reads like the file)
             name=self.config.name,
             status=status,
             seed=self.config.seed,

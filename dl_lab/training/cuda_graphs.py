@@ -12,7 +12,8 @@ batch-norm buffers, optimizer moments), so the run starts from its own initial w
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -46,9 +47,17 @@ class GraphedSteps:
     optimizer state (parameters, batch-norm buffers), to be restored after capture.
     """
 
-    def __init__(self, body: StepBody, state: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 steps: int, row_width: int, tail: tuple[int, ...], device: torch.device,
-                 grad_layers: int = 0) -> None:
+    def __init__(
+        self,
+        body: StepBody,
+        state: Sequence[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        row_width: int,
+        tail: tuple[int, ...],
+        device: torch.device,
+        grad_layers: int = 0,
+    ) -> None:
         self.per_replay = steps_per_graph(steps)
         self.table = torch.zeros(steps, row_width, dtype=torch.long, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)

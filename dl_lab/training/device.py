@@ -16,12 +16,17 @@ def resolve_device(spec: str) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"{spec!r} was asked for, but this machine has no usable CUDA GPU "
-                              f"(torch {torch.__version__}); allowed here: auto, cpu", key="device")
+            raise DeviceError(
+                f"{spec!r} was asked for, but this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__}); allowed here: auto, cpu",
+                key="device",
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise DeviceError(f"{spec!r} does not exist; this machine has {count} CUDA device(s): "
-                              f"cuda:0..cuda:{count - 1}", key="device")
+            raise DeviceError(
+                f"{spec!r} does not exist; this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}",
+                key="device",
+            )
     return device
 
 

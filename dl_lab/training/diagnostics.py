@@ -26,13 +26,17 @@ PROBE_SIZE = 512  # training samples in the probe batch (the first ones: fixed a
 HISTOGRAM_BINS = 40
 
 
-def probe(model: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-          activation: str) -> Diagnostics:
+def probe(
+    model: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, activation: str
+) -> Diagnostics:
     """Measure the model on the probe batch; one host sync at the end."""
     linears = linear_layers(model)
     outputs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
-             for m in model.modules() if _is_activation(m)]
+    hooks = [
+        m.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+        for m in model.modules()
+        if _is_activation(m)
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -44,23 +48,26 @@ def probe(model: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: t
         model.train(was_training)
     bounds = ACTIVATIONS[activation].meta.get("bounds")
     with torch.no_grad():
-        numbers = [torch.stack([g.norm() for g in grads]), torch.stack([l.weight.norm() for l in linears])]
+        numbers = [torch.stack([g.norm() for g in grads]), torch.stack([linear.weight.norm() for linear in linears])]
         per_layer = [_layer_stats(out, layer, bounds) for out, layer in zip(outputs, linears)]
         ranges = [_range(out, bounds) for out in outputs]
-        histograms = [torch.histc((out - low) / (high - low).clamp_min(1e-12), HISTOGRAM_BINS, 0.0, 1.0)
-                      for out, (low, high) in zip(outputs, ranges)]
+        histograms = [
+            torch.histc((out - low) / (high - low).clamp_min(1e-12), HISTOGRAM_BINS, 0.0, 1.0)
+            for out, (low, high) in zip(outputs, ranges)
+        ]
         edges = [torch.stack([low, high]) for low, high in ranges]
         flat = torch.cat([*numbers, *(torch.stack(s) for s in per_layer), *histograms, *edges]).tolist()
     k, h = len(linears), len(outputs)
-    grad_norm, weight_norm, rest = flat[:k], flat[k:2 * k], flat[2 * k:]
-    stats = [rest[i * 5:(i + 1) * 5] for i in range(h)]
-    rest = rest[5 * h:]
-    counts = [rest[i * HISTOGRAM_BINS:(i + 1) * HISTOGRAM_BINS] for i in range(h)]
-    ranges = rest[HISTOGRAM_BINS * h:]
+    grad_norm, weight_norm, rest = flat[:k], flat[k : 2 * k], flat[2 * k :]
+    stats = [rest[i * 5 : (i + 1) * 5] for i in range(h)]
+    rest = rest[5 * h :]
+    counts = [rest[i * HISTOGRAM_BINS : (i + 1) * HISTOGRAM_BINS] for i in range(h)]
+    ranges = rest[HISTOGRAM_BINS * h :]
     return Diagnostics(
-        tuple(grad_norm), tuple(weight_norm),
+        tuple(grad_norm),
+        tuple(weight_norm),
         *(tuple(s[j] for s in stats) for j in range(5)),
-        tuple({"edges": ranges[2 * i:2 * i + 2], "counts": [int(c) for c in counts[i]]} for i in range(h)),
+        tuple({"edges": ranges[2 * i : 2 * i + 2], "counts": [int(c) for c in counts[i]]} for i in range(h)),
     )
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -141,13 +142,20 @@ class SingleNet:
     """One nn.Sequential trained as itself."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.model, self.optimizer, self.loss_fn, self.count, self.can_graph = model, optimizer, nn.CrossEntropyLoss(), 1, True
+        self.model, self.optimizer, self.loss_fn, self.count, self.can_graph = (
+            model,
+            optimizer,
+            nn.CrossEntropyLoss(),
+            1,
+            True,
+        )
 
     @classmethod
-    def for_training(cls, members: list[Member], device: torch.device, graphed: bool) -> "SingleNet":
+    def for_training(cls, members: list[Member], device: torch.device, graphed: bool) -> SingleNet:
         [member] = members
-        optimizer = OPTIMIZERS[member.config.optimizer.name].build(member.model.parameters(), member.config.optimizer,
-                                                                   device, graphed)
+        optimizer = OPTIMIZERS[member.config.optimizer.name].build(
+            member.model.parameters(), member.config.optimizer, device, graphed
+        )
         return cls(member.model, optimizer)
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
@@ -192,13 +200,16 @@ def train(config: ExperimentConfig, data: Dataset, device: torch.device, observe
     return result
 
 
-def train_unit(configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer,
-               make_net: NetFactory) -> list[TrainResult]:
+def train_unit(
+    configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer, make_net: NetFactory
+) -> list[TrainResult]:
     """Train ``configs`` together (they share a batch key: data and architecture agree) as ``make_net``
     assembles them; one TrainResult per config, and run_done for every run that started."""
     clock = time.perf_counter()
     first = configs[0]
-    plan = BatchPlan.make(len(data.train), first.data.batch_size, first.data.drop_last, first.model.has_batchnorm_layers)
+    plan = BatchPlan.make(
+        len(data.train), first.data.batch_size, first.data.drop_last, first.model.has_batchnorm_layers
+    )
     configure_math(first)  # tf32 is part of the batch key, so all runs agree
     members: list[Member] = []
     started: list[ExperimentConfig] = []
@@ -216,10 +227,10 @@ def train_unit(configs: Sequence[ExperimentConfig], data: Dataset, device: torch
     except KeyboardInterrupt:
         for member in members:
             member.status = "interrupted" if member.status == "completed" else member.status
-        members += [_unbuilt(config, "interrupted") for config in configs[len(members):]]
+        members += [_unbuilt(config, "interrupted") for config in configs[len(members) :]]
     except Exception:  # recorded in the runs; the CLI reports it and exits non-zero
         text = traceback.format_exc()
-        members += [_unbuilt(config, "failed") for config in configs[len(members):]]
+        members += [_unbuilt(config, "failed") for config in configs[len(members) :]]
         for member in members:
             member.status, member.error = "failed", text
     seconds = (time.perf_counter() - clock) / len(configs)  # each run's share of the unit's wall time
@@ -230,11 +241,13 @@ def train_unit(configs: Sequence[ExperimentConfig], data: Dataset, device: torch
     return results
 
 
-def _build_member(config: ExperimentConfig, generators: Generators, data: Dataset, device: torch.device,
-                  observer: Observer) -> Member:
+def _build_member(
+    config: ExperimentConfig, generators: Generators, data: Dataset, device: torch.device, observer: Observer
+) -> Member:
     model = build_mlp(config.model, data.num_features, data.num_classes).to(device)  # may fail to allocate
     pretraining: list[PretrainEpoch] = []
     if config.model.init == "rbm":
+
         def pretrain_epoch_done(layer: int, epoch: int, error: float, seconds: float) -> None:
             pretraining.append(PretrainEpoch(layer, epoch, error, seconds))
             observer.pretrain_epoch_done(config, pretraining[-1])
@@ -251,17 +264,30 @@ def _unbuilt(config: ExperimentConfig, status: Status) -> Member:
 
 
 def _result(member: Member, seconds: float, plan: BatchPlan) -> TrainResult:
-    return TrainResult(member.status, tuple(member.history), seconds, plan, parameter_count(member.model), member.error,
-                       tuple(member.pretraining), member.diverged_at)
+    return TrainResult(
+        member.status,
+        tuple(member.history),
+        seconds,
+        plan,
+        parameter_count(member.model),
+        member.error,
+        tuple(member.pretraining),
+        member.diverged_at,
+    )
 
 
 def uses_cuda_graphs(config: ExperimentConfig, device: torch.device, plan: BatchPlan) -> bool:
     """train.cuda_graphs applies on CUDA when every batch is full (a graph has fixed shapes)."""
-    return (config.train.cuda_graphs and device.type == "cuda" and plan.steps > 0
-            and plan.samples == plan.steps * plan.batch_size)
+    return (
+        config.train.cuda_graphs
+        and device.type == "cuda"
+        and plan.steps > 0
+        and plan.samples == plan.steps * plan.batch_size
+    )
 
 
 # ---- the loop -----------------------------------------------------------------------------------
+
 
 def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observer: Observer, graphed: bool) -> None:
     """Every epoch of every run in the unit: train, evaluate, read the epoch's numbers in one host sync,
@@ -275,14 +301,27 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
         net.set_training(True)
-        loss_sum, correct, grad_norms = train_epoch(body, net.optimizer, data.train, plan, members, epoch,
-                                                        observer, steps)
-        values = read_sums(epoch_sums((loss_sum, correct), grad_norms, evaluate(net, data.test),
-                                      evaluate(net, data.train) if settings.eval_train else None))
+        loss_sum, correct, grad_norms = train_epoch(
+            body, net.optimizer, data.train, plan, members, epoch, observer, steps
+        )
+        values = read_sums(
+            epoch_sums(
+                (loss_sum, correct),
+                grad_norms,
+                evaluate(net, data.test),
+                evaluate(net, data.train) if settings.eval_train else None,
+            )
+        )
         live = [index for index, member in enumerate(members) if member.status == "completed"]
         models = net.models()
-        diagnostics = {index: probe(models[index], loss_fn, probe_x, probe_y, members[index].config.model.activation)
-                       for index in live} if settings.diagnostics else {}
+        diagnostics = (
+            {
+                index: probe(models[index], loss_fn, probe_x, probe_y, members[index].config.model.activation)
+                for index in live
+            }
+            if settings.diagnostics
+            else {}
+        )
         seconds = (time.perf_counter() - start) / len(members)  # each run's share of the epoch's wall time
         for index in live:
             mine = {name: per_run[index] for name, per_run in values.items()}
@@ -293,9 +332,16 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
             observer.run_finished(member.config, model, data)
 
 
-def train_epoch(body: StepBody, optimizer: torch.optim.Optimizer, split: Split, plan: BatchPlan,
-                members: Sequence[Member], epoch: int, observer: Observer, graphed: GraphedSteps | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def train_epoch(
+    body: StepBody,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    plan: BatchPlan,
+    members: Sequence[Member],
+    epoch: int,
+    observer: Observer,
+    graphed: GraphedSteps | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One pass of every run over its own shuffled index slices (the models in train mode); returns the
     (M,) summed losses, the (M,) correct counts and the (steps, M, K) per-step gradient norms (None if
     not tracked), on the device.
@@ -303,10 +349,12 @@ def train_epoch(body: StepBody, optimizer: torch.optim.Optimizer, split: Split, 
     Each step's losses (and gradient norms) go into device buffers; every DIVERGENCE_CHECK_STEPS steps
     (and at the end) the host checks the new entries (see _Watch)."""
     count, device, runs = len(members), split.x.device, [m.config for m in members]
-    permutations = torch.stack([torch.randperm(len(split), generator=m.order) for m in members]).to(device, non_blocking=True)
+    permutations = torch.stack([torch.randperm(len(split), generator=m.order) for m in members]).to(
+        device, non_blocking=True
+    )
     watch = _Watch(members, epoch, plan.steps)
     if graphed is not None:
-        used = permutations[:, :plan.steps * plan.batch_size].view(count, plan.steps, plan.batch_size)
+        used = permutations[:, : plan.steps * plan.batch_size].view(count, plan.steps, plan.batch_size)
         graphed.start_epoch(used.transpose(0, 1).reshape(plan.steps, count * plan.batch_size))
         for done in range(graphed.per_replay, plan.steps + 1, graphed.per_replay):
             graphed.replay()
@@ -319,7 +367,7 @@ def train_epoch(body: StepBody, optimizer: torch.optim.Optimizer, split: Split, 
     norms = None
     seen = 0
     for step in range(plan.steps):
-        index = permutations[:, step * plan.batch_size:(step + 1) * plan.batch_size]
+        index = permutations[:, step * plan.batch_size : (step + 1) * plan.batch_size]
         optimizer.zero_grad(set_to_none=True)
         out = body(index.reshape(-1))
         losses[step] = out.loss
@@ -328,7 +376,7 @@ def train_epoch(body: StepBody, optimizer: torch.optim.Optimizer, split: Split, 
             norms[step] = out.grad_norm
         correct += out.correct
         seen += index.shape[1]
-        observer.step_done(runs, epoch, step + 1, losses[:step + 1], seen)
+        observer.step_done(runs, epoch, step + 1, losses[: step + 1], seen)
         watch.check(losses, norms, step + 1)
     return per_sample_sum(losses, plan), correct, norms
 
@@ -361,12 +409,14 @@ class _Watch:
             raise AllDiverged
 
 
-def _capture(net: Net, body: StepBody, plan: BatchPlan, count: int, device: torch.device,
-             track_grads: bool) -> GraphedSteps:
+def _capture(
+    net: Net, body: StepBody, plan: BatchPlan, count: int, device: torch.device, track_grads: bool
+) -> GraphedSteps:
     """Capture the unit's training step (see cuda_graphs.py)."""
     layers = len(linear_layers(net.models()[0])) if track_grads else 0
-    return GraphedSteps(body, net.graph_state(), net.optimizer, plan.steps, count * plan.batch_size, (count,), device,
-                        layers)
+    return GraphedSteps(
+        body, net.graph_state(), net.optimizer, plan.steps, count * plan.batch_size, (count,), device, layers
+    )
 
 
 def per_sample_sum(losses: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
@@ -385,7 +435,9 @@ def evaluate(net: Net, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     loss_sum = torch.zeros(net.count, device=split.x.device)
     correct = torch.zeros(net.count, device=split.x.device)
     for start in range(0, len(split), EVAL_BATCH_SIZE):
-        batch_loss, batch_correct = net.eval_batch(split.x[start:start + EVAL_BATCH_SIZE], split.y[start:start + EVAL_BATCH_SIZE])
+        batch_loss, batch_correct = net.eval_batch(
+            split.x[start : start + EVAL_BATCH_SIZE], split.y[start : start + EVAL_BATCH_SIZE]
+        )
         loss_sum += batch_loss
         correct += batch_correct
     net.set_training(True)
@@ -404,7 +456,9 @@ def evaluate_model(model: nn.Module, split: Split) -> tuple[torch.Tensor, torch.
 Pair = tuple[torch.Tensor, torch.Tensor]  # (summed loss, correct count) per run, on the device
 
 
-def epoch_sums(train: Pair, grad_norms: torch.Tensor | None, test: Pair, train_eval: Pair | None) -> dict[str, torch.Tensor]:
+def epoch_sums(
+    train: Pair, grad_norms: torch.Tensor | None, test: Pair, train_eval: Pair | None
+) -> dict[str, torch.Tensor]:
     """The epoch's device totals by name, each (M,). ``grad_norms`` (steps, M, K) per-step gradient
     norms become each layer's mean over the steps."""
     sums = {"train_loss": train[0], "train_correct": train[1], "test_loss": test[0], "test_correct": test[1]}
@@ -420,33 +474,53 @@ def read_sums(sums: dict[str, torch.Tensor]) -> dict[str, Any]:
     return dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True))
 
 
-def epoch_metrics(epoch: int, values: Mapping[str, float], plan: BatchPlan, data: Dataset, seconds: float,
-                  diagnostics: Diagnostics | None) -> EpochMetrics:
+def epoch_metrics(
+    epoch: int,
+    values: Mapping[str, float],
+    plan: BatchPlan,
+    data: Dataset,
+    seconds: float,
+    diagnostics: Diagnostics | None,
+) -> EpochMetrics:
     """One run's epoch totals (read_sums) as means; step gradient norms join the diagnostics."""
     if diagnostics is not None and "train_grad_norm_1" in values:
         layers = range(1, len(diagnostics.grad_norm) + 1)
         diagnostics = replace(diagnostics, train_grad_norm=tuple(values[f"train_grad_norm_{k}"] for k in layers))
     n, tested = len(data.train), len(data.test)
-    train_eval = ((values["train_eval_loss"] / n, values["train_eval_correct"] / n) if "train_eval_loss" in values
-                  else (None, None))
-    return EpochMetrics(epoch, values["train_loss"] / plan.samples, values["train_correct"] / plan.samples,
-                        values["test_loss"] / tested, values["test_correct"] / tested, seconds, *train_eval, diagnostics)
+    train_eval = (
+        (values["train_eval_loss"] / n, values["train_eval_correct"] / n)
+        if "train_eval_loss" in values
+        else (None, None)
+    )
+    return EpochMetrics(
+        epoch,
+        values["train_loss"] / plan.samples,
+        values["train_correct"] / plan.samples,
+        values["test_loss"] / tested,
+        values["test_correct"] / tested,
+        seconds,
+        *train_eval,
+        diagnostics,
+    )
 
 
 # ---- engines ------------------------------------------------------------------------------------
 
+
 class Engine(Protocol):
     """Trains a list of configs on one dataset; a batched engine can train them together."""
 
-    def run(self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
-            observer: Observer) -> list[TrainResult]: ...
+    def run(
+        self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer
+    ) -> list[TrainResult]: ...
 
 
 class SequentialEngine:
     """One model after another; stops early if a run is interrupted."""
 
-    def run(self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
-            observer: Observer) -> list[TrainResult]:
+    def run(
+        self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer
+    ) -> list[TrainResult]:
         results = []
         for config in configs:
             results.append(train(config, data, device, observer))

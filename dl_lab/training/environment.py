@@ -17,9 +17,11 @@ from dl_lab.training.device import device_name
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
     """The commit of the git checkout holding ``folder`` (dl_lab's source), if there is one."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

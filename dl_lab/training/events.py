@@ -6,8 +6,9 @@ a stack of models, whose runs' events interleave, needs no notion of a 'current'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.results import BatchPlan, EpochMetrics, PretrainEpoch, TrainResult
@@ -41,7 +42,7 @@ class Observer:
     def epoch_done(self, run: Run, metrics: EpochMetrics) -> None:
         pass
 
-    def run_finished(self, run: Run, model: "nn.Module", data: "Dataset") -> None:
+    def run_finished(self, run: Run, model: nn.Module, data: Dataset) -> None:
         """The trained model, after the last epoch of a completed run (checks, extra evaluations)."""
 
     def run_done(self, run: Run, result: TrainResult) -> None:
@@ -70,7 +71,7 @@ class Observers(Observer):
         for member in self.members:
             member.epoch_done(run, metrics)
 
-    def run_finished(self, run: Run, model: "nn.Module", data: "Dataset") -> None:
+    def run_finished(self, run: Run, model: nn.Module, data: Dataset) -> None:
         for member in self.members:
             member.run_finished(run, model, data)
 

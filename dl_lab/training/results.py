@@ -41,22 +41,33 @@ class Diagnostics:
     def columns(self) -> dict[str, float]:
         """Flat, named per-layer columns for metrics.csv (layer numbers start at 1)."""
         out: dict[str, float] = {}
-        for prefix, values in [("grad_norm", self.grad_norm), ("train_grad_norm", self.train_grad_norm),
-                               ("weight_norm", self.weight_norm),
-                               ("act_mean_h", self.activation_mean), ("act_std_h", self.activation_std),
-                               ("saturated_h", self.saturated_fraction), ("dead_h", self.dead_fraction),
-                               ("symmetric_h", self.symmetric_fraction)]:
+        for prefix, values in [
+            ("grad_norm", self.grad_norm),
+            ("train_grad_norm", self.train_grad_norm),
+            ("weight_norm", self.weight_norm),
+            ("act_mean_h", self.activation_mean),
+            ("act_std_h", self.activation_std),
+            ("saturated_h", self.saturated_fraction),
+            ("dead_h", self.dead_fraction),
+            ("symmetric_h", self.symmetric_fraction),
+        ]:
             separator = "" if prefix.endswith("_h") else "_"
             out.update({f"{prefix}{separator}{i}": v for i, v in enumerate(values, start=1)})
         return out
 
     def summary(self) -> dict[str, Any]:
-        return {"grad_norm": list(self.grad_norm), "gradient_ratio_first_last": self.gradient_ratio,
-                "train_grad_norm": list(self.train_grad_norm),
-                "weight_norm": list(self.weight_norm), "activation_mean": list(self.activation_mean),
-                "activation_std": list(self.activation_std), "saturated_fraction": list(self.saturated_fraction),
-                "dead_fraction": list(self.dead_fraction), "symmetric_fraction": list(self.symmetric_fraction),
-                "activation_histograms": list(self.histograms)}
+        return {
+            "grad_norm": list(self.grad_norm),
+            "gradient_ratio_first_last": self.gradient_ratio,
+            "train_grad_norm": list(self.train_grad_norm),
+            "weight_norm": list(self.weight_norm),
+            "activation_mean": list(self.activation_mean),
+            "activation_std": list(self.activation_std),
+            "saturated_fraction": list(self.saturated_fraction),
+            "dead_fraction": list(self.dead_fraction),
+            "symmetric_fraction": list(self.symmetric_fraction),
+            "activation_histograms": list(self.histograms),
+        }
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class BatchPlan:
     dropped: int  # samples left out per epoch (drop_last, or a lone sample batch norm cannot use)
 
     @classmethod
-    def make(cls, n: int, batch_size: int, drop_last: bool, batchnorm: bool) -> "BatchPlan":
+    def make(cls, n: int, batch_size: int, drop_last: bool, batchnorm: bool) -> BatchPlan:
         full, rest = divmod(n, batch_size)
         # BatchNorm1d cannot compute batch statistics from one sample, so a final batch of one
         # is dropped even with drop_last: false (documented in docs/config.md).
@@ -136,16 +147,27 @@ def warnings_for(diagnostics: Diagnostics) -> list[tuple[str, str]]:
         found.append(("vanishing", f"layer 1 gradients are {ratio:.1e} of layer {last}'s: vanishing gradients"))
     if ratio is not None and ratio > EXPLODING_RATIO:
         found.append(("exploding", f"layer 1 gradients are {ratio:.1e} times layer {last}'s: exploding gradients"))
-    for layer, (dead, saturated, symmetric) in enumerate(zip(
-            diagnostics.dead_fraction, diagnostics.saturated_fraction, diagnostics.symmetric_fraction), start=1):
+    for layer, (dead, saturated, symmetric) in enumerate(
+        zip(diagnostics.dead_fraction, diagnostics.saturated_fraction, diagnostics.symmetric_fraction), start=1
+    ):
         if symmetric >= SYMMETRIC_WARNING:
-            found.append((f"symmetric{layer}", f"all units of layer {layer} are identical: symmetric weights "
-                                               f"(e.g. zero init) never break symmetry"))
+            found.append(
+                (
+                    f"symmetric{layer}",
+                    f"all units of layer {layer} are identical: symmetric weights "
+                    f"(e.g. zero init) never break symmetry",
+                )
+            )
         if dead >= DEAD_WARNING:
             found.append((f"dead{layer}", f"{dead:.0%} of layer-{layer} units are dead (zero for every probe sample)"))
         if saturated >= SATURATED_WARNING:
-            found.append((f"saturated{layer}", f"{saturated:.0%} of layer-{layer} outputs are saturated "
-                                               f"(within {SATURATION_MARGIN} of the activation's limits)"))
+            found.append(
+                (
+                    f"saturated{layer}",
+                    f"{saturated:.0%} of layer-{layer} outputs are saturated "
+                    f"(within {SATURATION_MARGIN} of the activation's limits)",
+                )
+            )
     return found
 
 
@@ -156,7 +178,9 @@ class WarningTracker:
         self.seen: dict[str, str] = {}
 
     def new(self, diagnostics: Diagnostics | None) -> list[str]:
-        fresh = [(key, text) for key, text in (warnings_for(diagnostics) if diagnostics else []) if key not in self.seen]
+        fresh = [
+            (key, text) for key, text in (warnings_for(diagnostics) if diagnostics else []) if key not in self.seen
+        ]
         self.seen.update(fresh)
         return [text for _, text in fresh]
 

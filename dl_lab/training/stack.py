@@ -15,8 +15,8 @@ other runs go through the sequential engine unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -38,8 +38,9 @@ class BatchedEngine:
     def __init__(self, min_batch: int = 2) -> None:
         self.min_batch = min_batch
 
-    def run(self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
-            observer: Observer) -> list[TrainResult]:
+    def run(
+        self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer
+    ) -> list[TrainResult]:
         results: dict[int, TrainResult] = {}
         for group in plan_batches(configs, self.min_batch):
             if len(group) == 1 and self.min_batch > 1:
@@ -52,8 +53,9 @@ class BatchedEngine:
         return [results[i] for i in sorted(results)]
 
 
-def train_batched(configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device,
-                  observer: Observer) -> list[TrainResult]:
+def train_batched(
+    configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer
+) -> list[TrainResult]:
     """Train len(configs) models of one architecture together; one TrainResult per config."""
     return train_unit(configs, data, device, observer, StackNet)
 
@@ -89,13 +91,18 @@ def _stack(models: list[nn.Sequential], dropout: list[float], device: torch.devi
         layers = [m[position] for m in models]
         if isinstance(layer, nn.Linear):
             ops.append(("linear", len(weights)))
-            weights.append(leaf([l.weight.T for l in layers]))  # (in, out): measured ~20% faster bmm on CPU
-            biases.append(leaf([l.bias for l in layers]))
+            weights.append(leaf([same.weight.T for same in layers]))  # (in, out): measured ~20% faster bmm on CPU
+            biases.append(leaf([same.bias for same in layers]))
         elif isinstance(layer, nn.BatchNorm1d):
             ops.append(("bn", len(norms)))
-            norms.append({"weight": leaf([l.weight for l in layers]), "bias": leaf([l.bias for l in layers]),
-                          "running_mean": torch.stack([l.running_mean for l in layers]),
-                          "running_var": torch.stack([l.running_var for l in layers])})
+            norms.append(
+                {
+                    "weight": leaf([same.weight for same in layers]),
+                    "bias": leaf([same.bias for same in layers]),
+                    "running_mean": torch.stack([same.running_mean for same in layers]),
+                    "running_var": torch.stack([same.running_var for same in layers]),
+                }
+            )
             settings.append((layer.eps, layer.momentum))
         elif isinstance(layer, nn.Dropout):
             # keep = 1 - p in double, as nn.Dropout computes it, so the Bernoulli draws match exactly
@@ -118,13 +125,19 @@ def _forward(stack: _Stack, x: torch.Tensor, training: bool, generators: list[to
         elif kind == "bn":
             h = _batchnorm(h, stack.bn[op[1]], *stack.bn_settings[op[1]], training)
         elif training:  # dropout: each model draws from its own stream, as nn.Dropout would
-            noise = torch.stack([torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=stream)
-                                 for keep, stream in zip(op[1], generators)])
+            noise = torch.stack(
+                [
+                    torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=stream)
+                    for keep, stream in zip(op[1], generators)
+                ]
+            )
             h = h * noise.div_(op[2])
     return h
 
 
-def _batchnorm(h: torch.Tensor, state: dict[str, torch.Tensor], eps: float, momentum: float, training: bool) -> torch.Tensor:
+def _batchnorm(
+    h: torch.Tensor, state: dict[str, torch.Tensor], eps: float, momentum: float, training: bool
+) -> torch.Tensor:
     """BatchNorm1d per model over the batch dimension (dim 1)."""
     if training:
         mean = h.mean(dim=1)
@@ -164,8 +177,9 @@ class StackNet:
         # Per-model dropout generators are not registered with CUDA graphs: stacks with dropout run eagerly.
         self.can_graph = not any(op[0] == "dropout" for op in self.stack.ops)
         config = members[0].config
-        self.optimizer = OPTIMIZERS[config.optimizer.name].build(self.stack.parameters(), config.optimizer, device,
-                                                                 graphed and self.can_graph)
+        self.optimizer = OPTIMIZERS[config.optimizer.name].build(
+            self.stack.parameters(), config.optimizer, device, graphed and self.can_graph
+        )
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
         """One optimization step of every model; ``index`` holds model 0's batch, then model 1's, ...
@@ -179,10 +193,15 @@ class StackNet:
             inputs = split.x.index_select(0, index).view(count, batch, -1)
             targets = split.y.index_select(0, index).view(count, batch)
             logits = _forward(stack, inputs, True, streams)
-            per_model = F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1),
-                                        reduction="none").view(count, batch).mean(1)
+            per_model = (
+                F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1), reduction="none")
+                .view(count, batch)
+                .mean(1)
+            )
             per_model.sum().backward()  # the models share no parameters: each gets its own gradient
-            grad_norm = torch.stack([w.grad.flatten(1).norm(dim=1) for w in stack.weights], dim=1) if track_grads else None
+            grad_norm = (
+                torch.stack([w.grad.flatten(1).norm(dim=1) for w in stack.weights], dim=1) if track_grads else None
+            )
             optimizer.step()
             return StepOut(per_model.detach(), (logits.detach().argmax(2) == targets).sum(1), grad_norm)
 
@@ -191,7 +210,11 @@ class StackNet:
     def eval_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count, n = self.count, len(targets)
         logits = _forward(self.stack, inputs.expand(count, -1, -1), False, [])
-        loss = F.cross_entropy(logits.reshape(count * n, -1), targets.repeat(count), reduction="none").view(count, n).sum(1)
+        loss = (
+            F.cross_entropy(logits.reshape(count * n, -1), targets.repeat(count), reduction="none")
+            .view(count, n)
+            .sum(1)
+        )
         return loss, (logits.argmax(2) == targets).sum(1)
 
     def set_training(self, mode: bool) -> None:

@@ -7,7 +7,7 @@ probability agrees (the dropout layer itself must exist in all or none).
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from dl_lab.config.schema import ExperimentConfig
 
