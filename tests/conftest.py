@@ -52,3 +52,8 @@ def fast_config(write_config) -> Path:
 def _cpu_and_data_env(monkeypatch):
     """Point the tool at the real MNIST when present and keep runs from touching the repository."""
     monkeypatch.setenv("DLLAB_DATA_DIR", str(MNIST_ROOT))
+
+
+def sets(*assignments: str) -> list[str]:
+    """--set arguments: sets("device=cpu", "train.epochs=1") -> ["--set", "device=cpu", "--set", "train.epochs=1"]."""
+    return [arg for assignment in assignments for arg in ("--set", assignment)]

@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, child_env
+from conftest import FAST, child_env, sets
 
 from dl_lab.cli.app import app
 from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.planning import plan_comparison
 
-SYNTH = [
-    "--set",
-    "device=cpu",
-    "--set",
-    "data.dataset=synthetic",
-    "--set",
-    "data.train_subset=500",
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "model.hidden=[16]",
-]
+SYNTH = sets("device=cpu", "data.dataset=synthetic", "data.train_subset=500", "train.epochs=1", "model.hidden=[16]")
 
 
 def refused(result, words: str, runs: Path | None = None) -> None:
@@ -63,7 +52,7 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "name with a newline": ([*c, "--set", 'name="a\\nb"'], "control characters"),
         "model too large": ([*c, "--set", "model.hidden=[100000000, 100000000]"], "model.hidden: training needs about"),
         "batch larger than the data": (
-            [*c, "--set", "data.train_subset=50", "--set", "data.batch_size=100"],
+            [*c, *sets("data.train_subset=50", "data.batch_size=100")],
             "data.batch_size: an epoch would have no training step",
         ),
         "inf learning rate": ([*c, "--set", "optimizer.lr=.inf"], "optimizer.lr: Input should be a finite number"),
@@ -72,11 +61,11 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             "optimizer.weight_decay: Input should be a finite",
         ),
         "inf leaky slope": (
-            [*c, "--set", "model.activation=leaky_relu", "--set", "model.leaky_relu_slope=.inf"],
+            [*c, *sets("model.activation=leaky_relu", "model.leaky_relu_slope=.inf")],
             "model.leaky_relu_slope",
         ),
         "nan gain": (
-            [*c, "--set", "model.init=xavier_uniform", "--set", "model.init_gain=.nan"],
+            [*c, *sets("model.init=xavier_uniform", "model.init_gain=.nan")],
             "--set: model.init_gain:",
         ),
         "empty key part": (

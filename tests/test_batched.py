@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sets
 
 from dl_lab.cli.app import app
 from dl_lab.components.datasets import DataRoot, load_dataset
@@ -116,14 +117,7 @@ def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path
         "sigmoid",
         "--seeds",
         "3",
-        "--set",
-        "device=cpu",
-        "--set",
-        "data.dataset=synthetic",
-        "--set",
-        "data.train_subset=1000",
-        "--set",
-        "train.epochs=1",
+        *sets("device=cpu", "data.dataset=synthetic", "data.train_subset=1000", "train.epochs=1"),
         "--runs-dir",
         str(tmp_path),
         "--json",

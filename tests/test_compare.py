@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import needs_mnist
+from conftest import needs_mnist, sets
 
 from dl_lab.cli.app import app
 from dl_lab.config.diff import changes_from
@@ -18,16 +18,7 @@ from dl_lab.config.loader import load_config
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.planning import parse_vary, plan_comparison, split_values
 
-SYNTH = [
-    "--set",
-    "device=cpu",
-    "--set",
-    "data.dataset=synthetic",
-    "--set",
-    "data.train_subset=1000",
-    "--set",
-    "train.epochs=1",
-]
+SYNTH = sets("device=cpu", "data.dataset=synthetic", "data.train_subset=1000", "train.epochs=1")
 
 
 def compare(runner, tmp_path, *args):
@@ -336,12 +327,7 @@ def test_report_rebuilds_a_compare_folder_and_groups_loose_train_runs(runner, tm
                 "train",
                 "-c",
                 str(config),
-                "--set",
-                f"seed={seed}",
-                "--set",
-                f"model.activation={activation}",
-                "--set",
-                f"name={activation}",
+                *sets(f"seed={seed}", f"model.activation={activation}", f"name={activation}"),
                 "--runs-dir",
                 str(loose),
             ]
@@ -369,20 +355,15 @@ def test_acceptance_relu_beats_sigmoid_on_a_deep_sgd_stack(runner, tmp_path):
     deep = [
         "--seeds",
         "2",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "model.hidden=[256,256,256,256,256,256]",
-        "--set",
-        "optimizer.name=sgd",
-        "--set",
-        "optimizer.lr=0.01",
-        "--set",
-        "model.init=xavier_uniform",
-        "--set",
-        "device=cpu",
-        "--set",
-        "data.download=false",
+        *sets(
+            "train.epochs=1",
+            "model.hidden=[256,256,256,256,256,256]",
+            "optimizer.name=sgd",
+            "optimizer.lr=0.01",
+            "model.init=xavier_uniform",
+            "device=cpu",
+            "data.download=false",
+        ),
     ]
     result, [folder] = compare(runner, tmp_path, "sigmoid", "relu", *deep, "--json", "--expect", "relu > sigmoid")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, needs_mnist
+from conftest import FAST, needs_mnist, sets
 
 from dl_lab.cli.app import app
 from dl_lab.components.datasets import DataRoot, Split, load_dataset
@@ -175,18 +175,9 @@ def test_diagnostics_can_be_turned_off(runner, fast_config, tmp_path):
     assert "grad_norm_1" not in (Path(summary["run_dir"]) / "metrics.csv").read_text()
 
 
-DEEP = [
-    "--set",
-    "model.hidden=[256,256,256,256,256,256]",
-    "--set",
-    "optimizer.name=sgd",
-    "--set",
-    "optimizer.lr=0.01",
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "device=cpu",
-]
+DEEP = sets(
+    "model.hidden=[256,256,256,256,256,256]", "optimizer.name=sgd", "optimizer.lr=0.01", "train.epochs=1", "device=cpu"
+)
 
 
 @needs_mnist
@@ -202,12 +193,7 @@ def test_a_deep_sigmoid_stack_shows_vanishing_gradients_that_relu_with_he_init_d
                 "-c",
                 "relu",
                 *DEEP,
-                "--set",
-                f"model.activation={activation}",
-                "--set",
-                f"model.init={init}",
-                "--set",
-                "data.download=false",
+                *sets(f"model.activation={activation}", f"model.init={init}", "data.download=false"),
                 "--runs-dir",
                 str(tmp_path),
                 "--json",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, child_env
+from conftest import FAST, child_env, sets
 
 from dl_lab.cli.app import app
 from dl_lab.runs.store import run_status
@@ -31,29 +31,11 @@ GRID = [
     "sigmoid",
     "--seeds",
     "3",
-    "--set",
-    "device=cpu",
-    "--set",
-    "data.dataset=synthetic",
-    "--set",
-    "data.train_subset=6000",
-    "--set",
-    "train.epochs=10",
-    "--set",
-    "model.hidden=[64]",
+    *sets("device=cpu", "data.dataset=synthetic", "data.train_subset=6000", "train.epochs=10", "model.hidden=[64]"),
 ]
-SMALL = [
-    "--set",
-    "device=cpu",
-    "--set",
-    "data.dataset=synthetic",
-    "--set",
-    "data.train_subset=600",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "model.hidden=[16]",
-]  # a comparison of about a second
+SMALL = sets(
+    "device=cpu", "data.dataset=synthetic", "data.train_subset=600", "train.epochs=2", "model.hidden=[16]"
+)  # a comparison of about a second
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 PHASES: list[str] = []  # where each random interruption landed (see the test after the random-point tests)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import needs_mnist
+from conftest import needs_mnist, sets
 
 from dl_lab.cli.app import app
 
@@ -14,7 +14,7 @@ pytestmark = needs_mnist
 def train_json(runner, tmp_path, *args: str) -> dict:
     result = runner.invoke(
         app,
-        ["train", *args, "--set", "device=cpu", "--set", "data.download=false", "--runs-dir", str(tmp_path), "--json"],
+        ["train", *args, *sets("device=cpu", "data.download=false"), "--runs-dir", str(tmp_path), "--json"],
     )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import sets
 
 from dl_lab.cli.app import app
 from dl_lab.config.loader import load_config, preset_names
@@ -76,16 +77,13 @@ def test_every_preset_trains_from_any_folder(runner, tmp_path, monkeypatch, name
             "train",
             "--config",
             name,
-            "--set",
-            "device=cpu",
-            "--set",
-            "data.dataset=synthetic",
-            "--set",
-            "data.train_subset=640",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "model.rbm.epochs=1" if "rbm" in name else "seed=5",
+            *sets(
+                "device=cpu",
+                "data.dataset=synthetic",
+                "data.train_subset=640",
+                "train.epochs=1",
+                "model.rbm.epochs=1" if "rbm" in name else "seed=5",
+            ),
             "--json",
         ],
     )

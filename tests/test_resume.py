@@ -12,21 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sets
 
 from dl_lab.cli.app import app
 
-SYNTH = [
-    "--set",
-    "device=cpu",
-    "--set",
-    "data.dataset=synthetic",
-    "--set",
-    "data.train_subset=600",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "model.hidden=[16]",
-]
+SYNTH = sets("device=cpu", "data.dataset=synthetic", "data.train_subset=600", "train.epochs=2", "model.hidden=[16]")
 
 
 def files(folder: Path) -> dict[str, str]:
