@@ -103,6 +103,8 @@ def test_commands_that_only_read_files_never_import_torch(runner, tmp_path, writ
     assert result.exit_code == 0, result.output
     [folder] = (tmp_path / "runs").glob("compare-*")
     for args in (
+        ["--help"],
+        ["compare", "--help"],
         ["report", "--help"],
         ["config", "show", "-c", str(config)],
         ["report", str(folder)],
@@ -112,6 +114,7 @@ def test_commands_that_only_read_files_never_import_torch(runner, tmp_path, writ
         modules = imported_modules(args, tmp_path)
         assert "dl_lab.cli.app" in modules  # the listing is real
         assert not {m for m in modules if m == "torch" or m.startswith(("torch.", "torchvision"))}, args
+        assert not {m for m in modules if m == "ray" or m.startswith("ray.")}, args
     assert "torch" in imported_modules(["compare", "--resume", str(folder)], tmp_path)  # training does load it
 
 

@@ -211,3 +211,11 @@ def test_the_plan_names_the_real_key_and_refuses_nothing_good():
         plan_comparison(["relu"], [], [], 0)
     plan = plan_comparison(["relu", "sigmoid"], SYNTH[1::2], [], 2)
     assert [r.folder for r in plan.runs] == ["relu-seed777", "sigmoid-seed777", "relu-seed778", "sigmoid-seed778"]
+
+
+def test_executor_ray_without_ray_installed_is_a_usage_error_that_says_how_to_install_it(runner, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError, as where it is not installed
+    result = runner.invoke(app, ["compare", "relu", *SYNTH, "--runs-dir", str(tmp_path), "--executor", "ray"])
+    assert result.exit_code == 2, result.output
+    assert "Ray is not installed" in result.stderr and "pip install" in result.stderr and "[ray]" in result.stderr
+    assert list(tmp_path.iterdir()) == []

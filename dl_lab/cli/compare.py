@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -24,6 +25,44 @@ from dl_lab.cli.common import (
     interrupted_exit,
 )
 from dl_lab.cli.render import render_comparison
+
+if TYPE_CHECKING:
+    from dl_lab.experiments.ray_executor import RayOptions
+
+
+class Executor(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+def ray_options_from(
+    executor: Executor, address: str | None, cpus: float | None, gpus: float | None, collect: bool
+) -> RayOptions | None:
+    """The Ray settings, or None for a local compare; Ray options without --executor ray are refused."""
+    from dl_lab.errors import ConfigError
+
+    given = [
+        name
+        for name, value in (
+            ("--address", address),
+            ("--cpus-per-task", cpus),
+            ("--gpus-per-task", gpus),
+            ("--collect", collect or None),
+        )
+        if value is not None
+    ]
+    if executor is Executor.local:
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --executor ray")
+        return None
+    if cpus is not None and not cpus > 0:
+        raise ConfigError(f"--cpus-per-task: must be > 0 (got {cpus})")
+    if gpus is not None and not gpus >= 0:
+        raise ConfigError(f"--gpus-per-task: must be >= 0 (got {gpus})")
+    from dl_lab.experiments.ray_executor import RayOptions, import_ray
+
+    import_ray()  # not installed: a usage error that says how to install it, before anything is written
+    return RayOptions(address, 1.0 if cpus is None else cpus, 0.0 if gpus is None else gpus, collect)
 
 
 def compare(
@@ -66,6 +105,39 @@ def compare(
             "sequential: one model at a time; batched: stack every run.",
         ),
     ] = None,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            "--executor",
+            help="local (default): train here; ray: every stack (or lone run) is a task on a Ray cluster "
+            "(docs/scale-out.md; needs pip install 'dl_lab[ray]').",
+        ),
+    ] = Executor.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            help="With --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray instance).",
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        Optional[float], typer.Option("--cpus-per-task", help="With --executor ray: CPUs each task holds (default 1).")
+    ] = None,
+    gpus_per_task: Annotated[
+        Optional[float],
+        typer.Option(
+            "--gpus-per-task",
+            help="With --executor ray: GPUs each task holds, fractions allowed (0.25: four stacks share a card; default 0).",
+        ),
+    ] = None,
+    collect: Annotated[
+        bool,
+        typer.Option(
+            "--collect",
+            help="With --executor ray: workers send their run folders' files back and this machine writes them "
+            "(for clusters without shared storage).",
+        ),
+    ] = False,
     max_runs: Annotated[
         Optional[int],
         typer.Option(
@@ -128,8 +200,10 @@ def compare(
             )
         expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
         check_alpha(alpha)
-        data = load_data_for([run.config for run in plan.runs], os.environ)
-        check_units(plan, data)
+        ray_options = ray_options_from(executor, address, cpus_per_task, gpus_per_task, collect)
+        # With Ray the runs train on the cluster's nodes: here the data and configs are checked on the CPU.
+        data = load_data_for([run.config for run in plan.runs], os.environ, "cpu" if ray_options else None)
+        check_units(plan, data, memory=ray_options is None)
         if resume is not None:
             found = survey(resume, plan)
             found.refuse_mismatched(resume, plan)
@@ -157,9 +231,15 @@ def compare(
             ),
             err=True,
         )
-        devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
-        with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
-            trained, interrupted = run_compare(folder, plan, todo, data, progress)
+        if ray_options is not None:
+            from dl_lab.experiments.ray_executor import run_compare_on_ray
+
+            say = lambda line: typer.echo(line, err=True)  # noqa: E731
+            trained, interrupted = run_compare_on_ray(folder, plan, todo, ray_options, os.environ, say)
+        else:
+            devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+            with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
+                trained, interrupted = run_compare(folder, plan, todo, data, progress)
         summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
         render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded)
     status = summary.status

@@ -101,8 +101,8 @@ def _torchvision_splits(cls_name: str, folder: str) -> DatasetBuilder:
     return build
 
 
-DATASETS.register("mnist")(_torchvision_splits("MNIST", "MNIST"))
-DATASETS.register("fashion-mnist")(_torchvision_splits("FashionMNIST", "FashionMNIST"))
+DATASETS.register("mnist", folder="MNIST")(_torchvision_splits("MNIST", "MNIST"))
+DATASETS.register("fashion-mnist", folder="FashionMNIST")(_torchvision_splits("FashionMNIST", "FashionMNIST"))
 
 
 @DATASETS.register("synthetic")

@@ -51,13 +51,17 @@ def prepare(source: str, overrides: Iterable[str], environ: Mapping[str, str]) -
     return Prepared(loaded, device, data)
 
 
-def device_and_data(config: ExperimentConfig, environ: Mapping[str, str]) -> tuple[torch.device, Dataset]:
-    """The config's device, and its dataset loaded onto it."""
-    device = resolve_device(config.device)
+def device_and_data(
+    config: ExperimentConfig, environ: Mapping[str, str], device_spec: str | None = None
+) -> tuple[torch.device, Dataset]:
+    """The config's device (or ``device_spec``), and its dataset loaded onto it."""
+    device = resolve_device(device_spec or config.device)
     return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 
-def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.device, models: int = 1) -> None:
+def check_trainable(
+    config: ExperimentConfig, data: Dataset, device: torch.device, models: int = 1, memory: bool = True
+) -> None:
     """Refuse, before anything is written, a run that cannot train: an epoch without a single batch,
     or a model (a stack of ``models``) that cannot fit in the memory ``device`` has free."""
     n, batch = len(data.train), config.data.batch_size
@@ -73,7 +77,7 @@ def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.devic
             key="data.batch_size",
         )
     needed = training_bytes(config, data.num_features, data.num_classes, len(data.test), models)
-    free = available_bytes(device)
+    free = available_bytes(device) if memory else None
     if free is not None and needed > free:
         stack = f" for a stack of {models} models" if models > 1 else ""
         raise ConfigError(
@@ -86,27 +90,29 @@ def check_trainable(config: ExperimentConfig, data: Dataset, device: torch.devic
 
 
 def load_data_for(
-    configs: Iterable[ExperimentConfig], environ: Mapping[str, str]
+    configs: Iterable[ExperimentConfig], environ: Mapping[str, str], device_spec: str | None = None
 ) -> dict[str, tuple[torch.device, Dataset]]:
-    """Resolve the device and load the dataset once per distinct (device, data) setting."""
+    """Resolve the device and load the dataset once per distinct (device, data) setting. With
+    ``device_spec`` (the Ray driver: the runs train elsewhere) the data is checked on that device."""
     loaded: dict[str, tuple[torch.device, Dataset]] = {}
     for config in configs:
         key = data_key(config)
         if key not in loaded:
             try:
-                loaded[key] = device_and_data(config, environ)
+                loaded[key] = device_and_data(config, environ, device_spec)
             except UserError as exc:
                 raise _for_variant(config, exc) from None
     return loaded
 
 
-def check_units(plan: ComparePlan, data: Mapping[str, tuple[torch.device, Dataset]]) -> None:
-    """check_trainable for every unit of work (a stack needs memory for all its models at once)."""
+def check_units(plan: ComparePlan, data: Mapping[str, tuple[torch.device, Dataset]], memory: bool = True) -> None:
+    """check_trainable for every unit of work (a stack needs memory for all its models at once;
+    ``memory`` False: the units train on other machines, whose memory this one cannot tell)."""
     for unit in plan.units:
         config = plan.runs[unit.runs[0]].config
         device, dataset = data[data_key(config)]
         try:
-            check_trainable(config, dataset, device, len(unit.runs) if unit.stacked else 1)
+            check_trainable(config, dataset, device, len(unit.runs) if unit.stacked and memory else 1, memory)
         except UserError as exc:
             raise _for_variant(config, exc) from None
 
@@ -203,8 +209,9 @@ def run_compare(
     data: Mapping[str, tuple[torch.device, Dataset]],
     progress: Observer,
 ) -> tuple[list[RunSummary], bool]:
-    """Train the units in ``todo`` (compare.units_to_train), recording their unfinished runs in their
-    planned folders. Returns the summaries of the runs recorded now and whether training was interrupted."""
+    """Train the units in ``todo`` (planning.units_to_train) here, one after another, recording their
+    unfinished runs in their planned folders. Returns the summaries of the runs recorded now and
+    whether training was interrupted. (ray_executor.run_compare_on_ray dispatches the same units to Ray.)"""
     folders = {run.key: run.folder for run in plan.runs}
     recorders: dict[str, CompareRecorder] = {}
     summaries: list[RunSummary] = []
@@ -214,20 +221,36 @@ def run_compare(
         device, dataset = data[key]
         if key not in recorders:
             recorders[key] = CompareRecorder(folder, environment(device, dataset.root), folders)
-        recorder = recorders[key]
-        observer = OnlyRuns(Observers([recorder, progress]), {plan.runs[i].key for i in record})
-        try:
-            if unit.stacked:
-                results = train_batched(configs, dataset, device, observer)
-            else:
-                results = [train(configs[0], dataset, device, observer)]
-        except KeyboardInterrupt:
-            recorder.interrupted()
-            return summaries + _take(recorder), True
-        summaries += _take(recorder)
-        if any(result.status == "interrupted" for result in results):
+        done, interrupted = train_unit_into(
+            recorders[key], configs, unit.stacked, {plan.runs[i].key for i in record}, dataset, device, progress
+        )
+        summaries += done
+        if interrupted:
             return summaries, True
     return summaries, False
+
+
+def train_unit_into(
+    recorder: CompareRecorder,
+    configs: Sequence[ExperimentConfig],
+    stacked: bool,
+    record: set[tuple[str, int]],
+    dataset: Dataset,
+    device: torch.device,
+    progress: Observer,
+) -> tuple[list[RunSummary], bool]:
+    """Train one unit of work (a stack, or one run), recording the runs in ``record`` through
+    ``recorder``; returns their summaries and whether training was interrupted."""
+    observer = OnlyRuns(Observers([recorder, progress]), record)
+    try:
+        if stacked:
+            results = train_batched(configs, dataset, device, observer)
+        else:
+            results = [train(configs[0], dataset, device, observer)]
+    except KeyboardInterrupt:
+        recorder.interrupted()
+        return _take(recorder), True
+    return _take(recorder), any(result.status == "interrupted" for result in results)
 
 
 def _take(recorder: CompareRecorder) -> list[RunSummary]:

@@ -1,0 +1,194 @@
+"""`dllab compare --executor ray`: the same numbers as a local compare, on one node or several, with or
+without shared storage; lost nodes and Ctrl-C leave a comparison that --resume finishes.
+
+Skipped where Ray is not installed (pip install -e ".[ray]"); .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import child_env, sets
+
+from dl_lab.cli.app import app
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+
+GRID = [
+    "compare",
+    "relu",
+    "sigmoid",
+    "--seeds",
+    "3",
+    *sets("device=cpu", "data.dataset=synthetic", "data.train_subset=600", "train.epochs=2", "model.hidden=[32, 16]"),
+]
+
+
+def per_seed_metrics(folder: Path) -> dict[str, list[dict[str, str]]]:
+    """Every run's metrics.csv rows, timings left out."""
+    out = {}
+    for path in sorted(folder.glob("*-seed*/metrics.csv")):
+        rows = list(csv.DictReader(path.open()))
+        out[path.parent.name] = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return out
+
+
+def table_without_timings(folder: Path) -> list[dict[str, str]]:
+    rows = list(csv.DictReader((folder / "table.csv").open()))
+    return [{k: v for k, v in row.items() if k != "seconds_per_run"} for row in rows]
+
+
+def run(runner, tmp_path: Path, name: str, *args: str):
+    result = runner.invoke(app, [*GRID, "--runs-dir", str(tmp_path / name), *args])
+    folders = list((tmp_path / name).glob("compare-*"))
+    return result, folders
+
+
+def test_a_ray_compare_gives_the_local_numbers_on_a_local_ray_instance(runner, tmp_path):
+    local, [local_folder] = run(runner, tmp_path, "local")
+    assert local.exit_code == 0, local.output
+    on_ray, [ray_folder] = run(runner, tmp_path, "ray", "--executor", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    assert "stack 1/2 done: relu seeds 777–779" in on_ray.stderr and "stack 2/2 done" in on_ray.stderr
+    assert per_seed_metrics(ray_folder) == per_seed_metrics(local_folder) != {}
+    assert len(per_seed_metrics(ray_folder)) == 6
+    assert table_without_timings(ray_folder) == table_without_timings(local_folder)
+    envs = [json.loads(p.read_text()) for p in ray_folder.glob("*-seed*/env.json")]
+    assert all(env["ray_node_id"] for env in envs)  # trained by Ray tasks, which record their node
+
+
+@pytest.fixture
+def two_nodes():
+    """A head and a worker node on this machine, one CPU each, so two tasks run on two nodes at once."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_a_two_node_cluster_trains_on_both_nodes_into_one_comparison_folder(runner, tmp_path, two_nodes, collect):
+    args = ["--executor", "ray", "--address", two_nodes.address, *(["--collect"] if collect else [])]
+    # Two variants, one architecture each: two stacks, which the two one-CPU nodes train at the same time.
+    result, [folder] = run(runner, tmp_path, "cluster", *args)
+    assert result.exit_code == 0, result.output
+    nodes = {json.loads(p.read_text())["ray_node_id"] for p in folder.glob("*-seed*/env.json")}
+    assert len(nodes) == 2  # the tasks demonstrably ran on both nodes
+    assert len(per_seed_metrics(folder)) == 6
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["unfinished"] == []
+    runs = [json.loads(p.read_text()) for p in folder.glob("*-seed*/summary.json")]
+    assert all(Path(r["run_dir"]).parent.resolve() == folder.resolve() for r in runs)  # --collect: written here
+
+
+def test_ray_options_are_checked_before_anything_is_written(runner, tmp_path):
+    for args, words in [
+        (["--address", "x"], "--address: only with --executor ray"),
+        (["--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task: must be > 0"),
+        (["--executor", "ray", "--gpus-per-task", "-1"], "--gpus-per-task: must be >= 0"),
+    ]:
+        result, folders = run(runner, tmp_path, "bad", *args)
+        assert result.exit_code == 2 and words in result.stderr and folders == [], result.output
+
+
+def test_a_node_that_cannot_see_the_folder_is_refused_before_training(runner, tmp_path, monkeypatch):
+    import dl_lab.experiments.ray_executor as executor
+
+    monkeypatch.setattr(executor, "write_atomic", lambda path, text: None)  # the probe's marker never appears
+    result, [folder] = run(runner, tmp_path, "blind", "--executor", "ray")
+    assert result.exit_code == 2, result.output
+    assert "cannot see the comparison folder" in result.stderr and "--collect" in result.stderr
+    assert list(folder.glob("*-seed*")) == []  # nothing trained; dllab compare --resume finishes it
+
+
+def test_ctrl_c_cancels_the_tasks_and_resume_finishes_only_the_unfinished_runs(tmp_path):
+    runs = tmp_path / "runs"
+    slow = [
+        *GRID[:4],
+        "2",
+        *sets("device=cpu", "data.dataset=synthetic", "data.train_subset=6000", "train.epochs=60", "model.hidden=[64]"),
+        "--engine",
+        "sequential",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "dl_lab",
+        *slow,
+        "--runs-dir",
+        str(runs),
+        "--executor",
+        "ray",
+        "--cpus-per-task",
+        "2",
+    ]
+    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("compare-*/*-seed*/metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first run is training
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    [folder] = runs.glob("compare-*")
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in folder.glob("*-seed*/summary.json")}
+    assert "interrupted" in statuses.values() and "running" not in statuses.values(), statuses
+    finished = {name for name, status in statuses.items() if status == "completed"}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dl_lab", "compare", "--resume", str(folder), "--executor", "ray"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} kept from before" in resumed.stdout
+    after = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*-seed*/summary.json")}
+    assert all(summary["status"] == "completed" for summary in after.values()) and len(after) == 4
+
+
+def test_a_node_lost_mid_grid_is_retried_elsewhere_and_nothing_is_lost_or_duplicated(tmp_path, two_nodes):
+    runs = tmp_path / "runs"
+    grid = [*GRID[:4], "2", *sets("device=cpu", "data.dataset=synthetic", "train.epochs=40", "model.hidden=[64]")]
+    command = [
+        sys.executable,
+        "-m",
+        "dl_lab",
+        *grid,
+        "--runs-dir",
+        str(runs),
+        "--executor",
+        "ray",
+        "--address",
+        two_nodes.address,
+    ]
+    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = two_nodes.worker.node_id
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until a run trains on the worker node
+        envs = [json.loads(p.read_text()) for p in runs.glob("compare-*/*-seed*/env.json")]
+        if any(env.get("ray_node_id") == worker for env in envs) and list(runs.glob("compare-*/*-seed*/metrics.csv")):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    two_nodes.remove_node(two_nodes.worker)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    [folder] = runs.glob("compare-*")
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*-seed*/summary.json")}
+    assert sorted(summaries) == ["relu-seed777", "relu-seed778", "sigmoid-seed777", "sigmoid-seed778"]
+    assert all(s["status"] == "completed" and s["epochs"] == 40 for s in summaries.values())
+    nodes = {json.loads(p.read_text())["ray_node_id"] for p in folder.glob("*-seed*/env.json")}
+    assert worker not in nodes  # the lost node's runs were retrained on the head
+    stale = list((folder / ".stale").glob("*")) if (folder / ".stale").exists() else []
+    assert stale, "the lost attempt's unfinished run folders are kept aside, not deleted"
