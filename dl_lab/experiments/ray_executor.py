@@ -23,6 +23,7 @@ from typing import Any
 
 from dl_lab.components.datasets import DATASETS, ENV_DATA_DIR, resolve_data_root
 from dl_lab.errors import ConfigError
+from dl_lab.experiments.scheduling import data_key
 from dl_lab.runs.comparison import ComparePlan, Unit
 from dl_lab.runs.records import RunSummary
 from dl_lab.runs.store import dump_json, read_run_summary, set_aside, write_atomic, write_in_place
@@ -31,6 +32,7 @@ INSTALL_HINT = "pip install 'dl_lab[ray]' (in a checkout: pip install -e \".[ray
 MAX_RETRIES = 3  # attempts after a worker or node is lost (Ray's max_retries)
 PROBE_SECONDS = 120
 WAIT_SECONDS = 0.5
+_LOADED: dict[str, tuple[Any, Any]] = {}  # in a worker process: data_key -> (device, dataset)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,11 @@ def train_unit_task(
                 keep.discard(key)
             elif path.exists():
                 set_aside(path)
-        device, dataset = device_and_data(configs[0], os.environ)
+        key = data_key(configs[0])
+        if key not in _LOADED:  # a worker process runs many tasks: it loads each dataset once
+            _LOADED.clear()  # (one at a time, so a worker holds at most one dataset)
+            _LOADED[key] = device_and_data(configs[0], os.environ)
+        device, dataset = _LOADED[key]
         env = {**environment(device, dataset.root), "ray_node_id": ray.get_runtime_context().get_node_id()}
         recorder = CompareRecorder(target, env, folders)
         summaries, _ = train_unit_into(recorder, configs, stacked, keep, dataset, device, Observer())
@@ -219,7 +225,10 @@ def _dispatch(
             done += 1
             try:
                 recorded, files = ray.get(ready[0])
-            except Exception as exc:  # retries exhausted: the worker or node was lost for good
+            except ray.exceptions.RayTaskError as exc:  # the task itself raised (outside training: setting up)
+                recorded = _mark_lost(folder, plan, record, f"the Ray task failed: {_last_line(exc)}")
+                files = {}
+            except ray.exceptions.RayError as exc:  # retries exhausted: the worker or node was lost for good
                 recorded = _mark_lost(folder, plan, record, f"lost on the Ray cluster ({type(exc).__name__})")
                 files = {}
             summaries += _write_collected(folder, files, recorded) if options.collect else recorded
@@ -289,6 +298,11 @@ def _mark_lost(folder: Path, plan: ComparePlan, record: frozenset[int], why: str
                 write_in_place(path / "summary.json", _json(summary))
         marked.append(summary)
     return marked
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def _json(summary: RunSummary) -> str:
