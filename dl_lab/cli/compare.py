@@ -204,6 +204,10 @@ def compare(
         # With Ray the runs train on the cluster's nodes: here the data and configs are checked on the CPU.
         data = load_data_for([run.config for run in plan.runs], os.environ, "cpu" if ray_options else None)
         check_units(plan, data, memory=ray_options is None)
+        if ray_options is not None:  # nodes probed before anything is written: runs_dir or the resumed folder
+            from dl_lab.experiments.ray_executor import ray_cluster
+
+            ray = held.enter_context(ray_cluster(ray_options, os.environ, plan, resume or runs_dir))
         if resume is not None:
             found = survey(resume, plan)
             found.refuse_mismatched(resume, plan)
@@ -235,7 +239,7 @@ def compare(
             from dl_lab.experiments.ray_executor import run_compare_on_ray
 
             say = lambda line: typer.echo(line, err=True)  # noqa: E731
-            trained, interrupted = run_compare_on_ray(folder, plan, todo, ray_options, os.environ, say)
+            trained, interrupted = run_compare_on_ray(ray, folder, plan, todo, ray_options, say)
         else:
             devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
             with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:

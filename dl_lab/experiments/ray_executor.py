@@ -11,12 +11,13 @@ imported only here, only when asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ def probe_nodes(ray: Any, plan: ComparePlan, folder: Path | None) -> None:
     """One task per live node: can it see ``folder`` (shared storage) and the data each config reads?
     Refuses (exit 2) naming every node that cannot, before anything trains."""
     token = uuid.uuid4().hex
+    if folder is not None:  # a runs folder not created yet: its nearest existing parent stands in for it
+        folder = next(path for path in (folder, *folder.resolve().parents) if path.is_dir())
     marker = folder / f".dllab-probe-{token}" if folder is not None else None
     if marker is not None:
         write_atomic(marker, token)
@@ -117,7 +120,7 @@ def _probe(marker: str | None, token: str, data: Sequence[tuple[str, str | None,
         except OSError:
             seen = False
         if not seen:
-            missing.append(f"cannot see the comparison folder {Path(marker).parent}")
+            missing.append(f"cannot see the folder {Path(marker).parent}")
     for dataset, root, download in data:
         folder = DATASETS[dataset].meta.get("folder")
         if folder is None or download:
@@ -178,24 +181,20 @@ def train_unit_task(
             shutil.rmtree(target, ignore_errors=True)  # the task's own temporary folder
 
 
-def run_compare_on_ray(
-    folder: Path,
-    plan: ComparePlan,
-    todo: Sequence[tuple[Unit, frozenset[int]]],
-    options: RayOptions,
-    environ: Mapping[str, str],
-    say: Any,
-) -> tuple[list[RunSummary], bool]:
-    """Like execute.run_compare, with every unit a Ray task. Returns the summaries of the runs recorded
-    now and whether the comparison was interrupted (Ctrl-C: outstanding tasks are cancelled)."""
+@contextlib.contextmanager
+def ray_cluster(options: RayOptions, environ: Mapping[str, str], plan: ComparePlan, folder: Path) -> Iterator[Any]:
+    """Connected to the cluster, with every node probed (it sees ``folder`` unless ``options.collect``,
+    and the data), before the caller writes anything; disconnects at the end, which stops a local
+    instance this command started and leaves a cluster running."""
     ray = connect(options, environ)
     try:
-        return _dispatch(ray, folder, plan, todo, options, say)
+        probe_nodes(ray, plan, None if options.collect else folder)
+        yield ray
     finally:
-        ray.shutdown()  # leaves a cluster running; stops the local instance this command started
+        ray.shutdown()
 
 
-def _dispatch(
+def run_compare_on_ray(
     ray: Any,
     folder: Path,
     plan: ComparePlan,
@@ -203,7 +202,9 @@ def _dispatch(
     options: RayOptions,
     say: Any,
 ) -> tuple[list[RunSummary], bool]:
-    probe_nodes(ray, plan, None if options.collect else folder)
+    """Like execute.run_compare, with every unit a Ray task (``ray``: connected by ray_cluster).
+    Returns the summaries of the runs recorded now and whether the comparison was interrupted
+    (Ctrl-C: outstanding tasks are cancelled)."""
     folders = {run.key: run.folder for run in plan.runs}
     task = ray.remote(train_unit_task).options(
         num_cpus=options.cpus_per_task, num_gpus=options.gpus_per_task, max_retries=MAX_RETRIES
