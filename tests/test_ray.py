@@ -64,6 +64,24 @@ def test_a_ray_compare_gives_the_local_numbers_on_a_local_ray_instance(runner, t
     assert all(env["ray_node_id"] for env in envs)  # trained by Ray tasks, which record their node
 
 
+def start_dllab(args: list[str]) -> subprocess.Popen:
+    """dllab in its own process (signals and node removal need the test's main thread)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dl_lab", *args],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def two_nodes():
     """A head and a worker node on this machine, one CPU each, so two tasks run on two nodes at once."""
@@ -122,22 +140,8 @@ def test_ctrl_c_cancels_the_tasks_and_resume_finishes_only_the_unfinished_runs(t
         "--engine",
         "sequential",
     ]
-    command = [
-        sys.executable,
-        "-m",
-        "dl_lab",
-        *slow,
-        "--runs-dir",
-        str(runs),
-        "--executor",
-        "ray",
-        "--cpus-per-task",
-        "2",
-    ]
-    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(runs.glob("compare-*/*-seed*/metrics.csv")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # until the first run is training
+    process = start_dllab([*slow, "--runs-dir", str(runs), "--executor", "ray", "--cpus-per-task", "2"])
+    wait_for(lambda: list(runs.glob("compare-*/*-seed*/metrics.csv")))  # until the first run is training
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -163,26 +167,16 @@ def test_ctrl_c_cancels_the_tasks_and_resume_finishes_only_the_unfinished_runs(t
 def test_a_node_lost_mid_grid_is_retried_elsewhere_and_nothing_is_lost_or_duplicated(tmp_path, two_nodes):
     runs = tmp_path / "runs"
     grid = [*GRID[:4], "2", *sets("device=cpu", "data.dataset=synthetic", "train.epochs=40", "model.hidden=[64]")]
-    command = [
-        sys.executable,
-        "-m",
-        "dl_lab",
-        *grid,
-        "--runs-dir",
-        str(runs),
-        "--executor",
-        "ray",
-        "--address",
-        two_nodes.address,
-    ]
-    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_dllab([*grid, "--runs-dir", str(runs), "--executor", "ray", "--address", two_nodes.address])
     worker = two_nodes.worker.node_id
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until a run trains on the worker node
+
+    def training_on_the_worker() -> bool:
         envs = [json.loads(p.read_text()) for p in runs.glob("compare-*/*-seed*/env.json")]
-        if any(env.get("ray_node_id") == worker for env in envs) and list(runs.glob("compare-*/*-seed*/metrics.csv")):
-            break
-        time.sleep(0.2)
+        return any(env.get("ray_node_id") == worker for env in envs) and bool(
+            list(runs.glob("compare-*/*-seed*/metrics.csv"))
+        )
+
+    wait_for(training_on_the_worker)
     time.sleep(1.0)
     two_nodes.remove_node(two_nodes.worker)
     _, stderr = process.communicate(timeout=300)
