@@ -59,7 +59,7 @@ def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     env_vars = (
         {ENV_DATA_DIR: str(Path(environ[ENV_DATA_DIR]).expanduser().resolve())} if environ.get(ENV_DATA_DIR) else {}
     )
-    address = options.address or environ.get("RAY_ADDRESS") or None
+    address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(
             address=address,
