@@ -373,3 +373,29 @@ def test_acceptance_relu_beats_sigmoid_on_a_deep_sgd_stack(runner, tmp_path):
     assert summary["best"] == "relu" and len(list(folder.glob("*.png"))) >= 2
     wrong = runner.invoke(app, ["compare", "--resume", str(folder), "--expect", "sigmoid > relu"])
     assert wrong.exit_code == 1 and "0 run(s) trained" in wrong.stdout
+
+
+def table_lines(output: str) -> list[str]:
+    """The rows of the terminal table: the lines between its header rule and the blank line after."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"}) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_terminal_table_fits_the_terminal_without_wrapping_a_cell(runner, tmp_path, columns):
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH)
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["report", str(folder)], env={"COLUMNS": str(columns)})
+    assert shown.exit_code == 0, shown.output
+    header = next(line for line in shown.stdout.splitlines() if "variant" in line)
+    assert header.split() == ["variant", "test_acc", "Δ", "test_acc", "p", "verdict"]
+    rows = [line.strip() for line in table_lines(shown.stdout) if line.strip()]
+    assert [row.split()[0] for row in rows] == ["relu", "sigmoid"]  # one line per variant: nothing wrapped
+    assert all(len(line) <= columns for line in shown.stdout.splitlines())
+    assert "0.0" in rows[1] and "pts" in rows[1]  # accuracy, its difference from the baseline and the p-value
+    wide = runner.invoke(app, ["report", str(folder), "--wide"], env={"COLUMNS": str(columns)})
+    assert wide.exit_code == 0, wide.output
+    for header in ("changes", "95% CI", "train−test gap", "grad L1/Llast", "s/run", "p (paired t)"):
+        assert header in wide.stdout  # every column, as in table.md

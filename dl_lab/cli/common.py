@@ -88,3 +88,11 @@ def check_alpha(alpha: float | None) -> None:
 
     if alpha is not None and not 0 < alpha < 1:
         raise ConfigError(f"--alpha: must be between 0 and 1 (got {alpha})")
+
+
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide", help="Show every column of the comparison table (table.md has them all) instead of the main five."
+    ),
+]

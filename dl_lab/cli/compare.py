@@ -20,6 +20,7 @@ from dl_lab.cli.common import (
     ExpectOption,
     JsonOption,
     SetOption,
+    WideOption,
     check_alpha,
     folder_option,
     interrupted_exit,
@@ -89,6 +90,7 @@ def compare(
         "runs"
     ),
     json_: JsonOption = False,
+    wide: WideOption = False,
     resume: Annotated[
         Optional[Path],
         typer.Option(
@@ -245,7 +247,7 @@ def compare(
             with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
                 trained, interrupted = run_compare(folder, plan, todo, data, progress)
         summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
-        render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded)
+        render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded, wide=wide)
     status = summary.status
     if status == "interrupted":
         typer.echo(f"interrupted: finish with dllab compare --resume {folder}", err=True)

@@ -15,6 +15,7 @@ from dl_lab.cli.common import (
     AlphaOption,
     ExpectOption,
     JsonOption,
+    WideOption,
     check_alpha,
     folder_option,
 )
@@ -33,6 +34,7 @@ def report(
         ),
     ] = None,
     json_: JsonOption = False,
+    wide: WideOption = False,
     expect: ExpectOption = None,
     alpha: AlphaOption = None,
 ) -> None:
@@ -79,7 +81,7 @@ def report(
             held.enter_context(FolderLock(target, "report folder"))
         status = "incomplete" if loaded.unfinished else "completed"
         summary = write_report(target, loaded, expectations, alpha, status, compare_folder=compare_folder)
-        render_comparison(summary, target, json_)
+        render_comparison(summary, target, json_, wide=wide)
     if loaded.unfinished:
         hint = f"; finish with dllab compare --resume {compare_folder}" if compare_folder else ""
         typer.echo(
