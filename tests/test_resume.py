@@ -299,3 +299,26 @@ def test_report_names_a_completed_run_it_cannot_read(runner, finished):
     assert json.loads(result.stdout)["unfinished"] == [
         "relu-seed778: completed, but its summary.json or metrics.csv cannot be read"
     ]
+
+
+def test_the_original_command_with_resume_appended_finishes_without_retraining(runner, tmp_path):
+    command = ["compare", "relu", "sigmoid", "--seeds", "2", *SYNTH, "--runs-dir", str(tmp_path)]
+    first = runner.invoke(app, command)
+    assert first.exit_code == 0, first.output
+    [folder] = tmp_path.glob("compare-*")
+    again = runner.invoke(app, [*command, "--resume", str(folder)])
+    assert again.exit_code == 0, again.output
+    assert "0 run(s) trained, 4 kept from before" in again.stdout
+    for changed, words in [
+        (["--seeds", "3"], "--seeds gives 3 seed(s) (777, 778, 779) here, but the comparison was planned with 2"),
+        (["--set", "optimizer.lr=0.01"], "variant relu: optimizer.lr is 0.01 here but 0.001 in plan.json"),
+    ]:
+        refused = runner.invoke(app, [*command, *changed, "--resume", str(folder)])
+        assert refused.exit_code == 2, refused.output
+        assert words in refused.stderr and "Traceback" not in refused.output
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "relu-seed777",
+        "relu-seed778",
+        "sigmoid-seed777",
+        "sigmoid-seed778",
+    ]

@@ -164,6 +164,7 @@ def compare(
         DEFAULT_MAX_RUNS,
         load_plan,
         plan_comparison,
+        refuse_another_plan,
         units_to_train,
     )
     from dl_lab.experiments.scheduling import describe_units
@@ -175,11 +176,6 @@ def compare(
     with contextlib.ExitStack() as held:
         if resume is not None:
             resume = folder_option(resume)
-            if names or set_ or vary or device or seeds is not None or max_runs is not None:
-                raise ConfigError(
-                    "--resume FOLDER continues a comparison as planned: give no NAMES, --set, --vary, "
-                    "--device, --seeds or --max-runs with it"
-                )
             if not resume.is_dir():
                 raise ConfigError(f"--resume {resume}: no such folder")
             held.enter_context(FolderLock(resume, "comparison"))  # one writer: a second resume exits 2
@@ -189,6 +185,17 @@ def compare(
                     f"--engine {engine.value}: this comparison was planned with --engine {plan.engine}, "
                     "and a resumed run must train the same way; allowed: no --engine with --resume"
                 )
+            if names or set_ or vary or device or seeds is not None:  # the original command, --resume appended
+                overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
+                given = plan_comparison(
+                    names or [],
+                    overrides,
+                    vary or [],
+                    3 if seeds is None else seeds,
+                    engine=plan.engine,
+                    max_runs=max(DEFAULT_MAX_RUNS, len(plan.runs)) if max_runs is None else max_runs,
+                )
+                refuse_another_plan(given, plan, resume)
         else:
             check_writable_folder(runs_dir, "--runs-dir")
             overrides = [*(set_ or []), *([f"device={device}"] if device else [])]

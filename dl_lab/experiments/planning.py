@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from dl_lab.config.diff import flat, show
 from dl_lab.config.loader import load_config, short
 from dl_lab.config.schema import MAX_NAME_LENGTH
 from dl_lab.errors import ConfigError
@@ -174,3 +175,34 @@ def units_to_train(plan: ComparePlan, done: frozenset[int]) -> list[tuple[Unit, 
         for unit in plan.units
         if any(i not in done for i in unit.runs)
     ]
+
+
+def refuse_another_plan(given: ComparePlan, planned: ComparePlan, folder: Path) -> None:
+    """`--resume FOLDER` appended to the original command: its names, --set, --vary, --device and
+    --seeds must resolve to the folder's plan. The first real difference is refused (exit 2), naming
+    the key and both values."""
+    where = f"--resume {folder}"
+    if given.seeds != planned.seeds:
+        raise ConfigError(
+            f"{where}: --seeds gives {_seeds(given.seeds)} here, but the comparison was planned with "
+            f"{_seeds(planned.seeds)}; allowed: the original command, or --resume FOLDER alone"
+        )
+    labels, planned_labels = [v.label for v in given.variants], [v.label for v in planned.variants]
+    if labels != planned_labels:
+        raise ConfigError(
+            f"{where}: the variants here are {', '.join(labels)}, but the comparison was planned with "
+            f"{', '.join(planned_labels)}; allowed: the original command, or --resume FOLDER alone"
+        )
+    for mine, theirs in zip(given.variants, planned.variants):
+        here, there = flat(mine.config.to_dict()), flat(theirs.config.to_dict())
+        for key in here:
+            if key not in ("name", "seed") and here[key] != there.get(key):
+                raise ConfigError(
+                    f"{where}: variant {mine.label}: {key} is {show(here[key])} here but "
+                    f"{show(there.get(key))} in {PLAN_FILE}; allowed: the original command, or "
+                    "--resume FOLDER alone"
+                )
+
+
+def _seeds(seeds: tuple[int, ...]) -> str:
+    return f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
