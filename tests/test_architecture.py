@@ -110,6 +110,8 @@ def test_commands_that_only_read_files_never_import_torch(runner, tmp_path, writ
         ["report", str(folder)],
         ["options"],
         ["config", "schema", "--record", "comparison"],
+        ["runs", "ls", str(tmp_path / "runs")],
+        ["runs", "show", str(folder)],
     ):
         modules = imported_modules(args, tmp_path)
         assert "dl_lab.cli.app" in modules  # the listing is real

@@ -214,3 +214,35 @@ def test_help_does_not_import_torch():
 def test_python_dash_m_runs_the_app():
     result = subprocess.run([sys.executable, "-m", "dl_lab", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout and "compare" in result.stdout
+
+
+def test_runs_ls_show_and_diff_describe_past_work(runner, write_config, tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        config = write_config({**FAST, "seed": seed, "data": {"dataset": "synthetic", "train_subset": 300}}, f"r{seed}")
+        assert runner.invoke(app, ["train", "-c", str(config), "--runs-dir", str(runs)]).exit_code == 0
+    compared = runner.invoke(app, ["compare", str(config), "--seeds", "2", "--runs-dir", str(runs)])
+    assert compared.exit_code == 0, compared.output
+    listed = json.loads(runner.invoke(app, ["runs", "ls", str(runs), "--json"]).stdout)
+    assert [(e["kind"], e["name"], e["status"], e["seed"]) for e in listed] == [
+        ("comparison", "r2", "completed", None),
+        ("run", "r2", "completed", 2),
+        ("run", "r1", "completed", 1),
+    ]
+    assert all(0 < e["test_acc"] <= 1 and e["seconds"] > 0 for e in listed)  # newest first, with numbers
+    run_2 = Path(listed[1]["folder"])
+    assert json.loads((run_2 / "summary.json").read_text())["final"]["test_acc"] == listed[1]["test_acc"]
+    only = json.loads(runner.invoke(app, ["runs", "ls", str(runs), "--json", "--name", "r1"]).stdout)
+    assert [e["name"] for e in only] == ["r1"]
+    assert json.loads(runner.invoke(app, ["runs", "ls", str(runs), "--json", "--status", "failed"]).stdout) == []
+    text = runner.invoke(app, ["runs", "ls", str(runs)]).stdout
+    assert "3 entries in" in text and "comparison" in text
+    shown = runner.invoke(app, ["runs", "show", str(run_2)])
+    assert json.loads(shown.stdout) == json.loads((run_2 / "summary.json").read_text())
+    diff = runner.invoke(app, ["runs", "diff", listed[2]["folder"], str(run_2)])
+    assert diff.exit_code == 0, diff.output
+    lines = {line.split()[0]: line.split()[1:] for line in diff.stdout.splitlines()[1:]}
+    assert lines["seed"] == ["1", "|", "2"] and lines["name"] == ['"r1"', "|", '"r2"'] and "final.test_acc" in lines
+    assert "model.hidden" not in lines  # only what differs
+    missing = runner.invoke(app, ["runs", "diff", str(runs), str(run_2)])
+    assert missing.exit_code == 2 and "not a run folder" in missing.stderr

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from dl_lab.cli import compare, config, report, train
+from dl_lab.cli import compare, config, report, runs, train
 from dl_lab.cli.common import user_errors
 
 app = typer.Typer(
@@ -38,6 +38,11 @@ app.command()(user_errors()(report.report))
 config_app.command("show")(user_errors()(config.config_show))
 config_app.command("schema")(user_errors()(config.config_schema))
 app.command()(config.options)
+runs_app = typer.Typer(help="Past runs and comparisons: list, show, diff.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+runs_app.command("ls")(user_errors()(runs.runs_ls))
+runs_app.command("show")(user_errors()(runs.runs_show))
+runs_app.command("diff")(user_errors()(runs.runs_diff))
 
 
 def main() -> None:
