@@ -135,7 +135,7 @@ def test_the_records_describe_the_files_every_writer_writes(runner, tmp_path, wr
         assert RunSummary.model_validate(data).to_json_dict() == data
         assert data["schema_version"] == 1 and "diagnostics" in data and "pretraining" not in data
 
-    for record, title in (("config", "ExperimentConfig"), ("run", "RunSummary"), ("comparison", "ComparisonSummary")):
+    for record, title in (("config", "dl_lab config file"), ("run", "RunSummary"), ("comparison", "ComparisonSummary")):
         result = runner.invoke(app, ["config", "schema", "--record", record])
         assert result.exit_code == 0
         schema = json.loads(result.stdout)

@@ -91,3 +91,28 @@ def test_every_preset_trains_from_any_folder(runner, tmp_path, monkeypatch, name
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["name"] == name.split("/")[-1]
     assert (tmp_path / "runs").is_dir()
+
+
+def test_the_shipped_json_schema_is_current_and_validates_every_preset():
+    import json
+
+    import jsonschema
+    import yaml
+
+    from dl_lab.config.loader import preset_root
+    from dl_lab.config.schema import config_file_schema
+
+    root = preset_root()
+    shipped = json.loads((root / "config.schema.json").read_text(encoding="utf-8"))
+    assert shipped == json.loads(json.dumps(config_file_schema()))  # regenerate: dllab config schema > configs/...
+    validator = jsonschema.Draft202012Validator(shipped)
+    presets = sorted(root.rglob("*.yaml"))
+    assert len(presets) >= 10
+    for path in presets:
+        header = path.read_text(encoding="utf-8").splitlines()[0]
+        assert header.startswith("# yaml-language-server: $schema="), path
+        assert (path.parent / header.split("=", 1)[1]).resolve() == (root / "config.schema.json").resolve()
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text(encoding="utf-8")))) == [], path
+    assert not validator.is_valid({"model": {"activaton": "relu"}})  # an unknown key
+    assert not validator.is_valid({"train": {"epochs": "many"}})  # a wrong type
+    assert not validator.is_valid({"model": {"dropout": 1.5}})  # out of range

@@ -40,11 +40,14 @@ def config_schema(
     from the models that validate them, for editors and other tools."""
     import json
 
-    from dl_lab.config.schema import ExperimentConfig
+    from dl_lab.config.schema import config_file_schema
     from dl_lab.runs.records import ComparisonSummary, RunSummary
 
-    model = {Record.config: ExperimentConfig, Record.run: RunSummary, Record.comparison: ComparisonSummary}[record]
-    typer.echo(json.dumps(model.model_json_schema(), indent=2))
+    if record is Record.config:
+        schema = config_file_schema()
+    else:
+        schema = (RunSummary if record is Record.run else ComparisonSummary).model_json_schema()
+    typer.echo(json.dumps(schema, indent=2))
 
 
 def options() -> None:

@@ -230,3 +230,17 @@ class ExperimentConfig(Section):
         """Identifies what is trained, ignoring the run's name and seed (used to match runs on resume)."""
         body = {k: v for k, v in self.to_dict().items() if k not in ("name", "seed")}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a config *file*: the ExperimentConfig schema with every key optional (the
+    name defaults to the file's stem) and `extends` allowed. `dllab config schema` prints it, and
+    configs/config.schema.json ships it for editors (yaml-language-server)."""
+    schema = ExperimentConfig.model_json_schema()
+    schema.pop("required", None)
+    schema["title"] = "dl_lab config file"
+    schema["properties"] = {
+        "extends": {"type": "string", "description": "a parent config, relative to this file; merged key by key"},
+        **schema["properties"],
+    }
+    return schema
