@@ -246,3 +246,29 @@ def test_runs_ls_show_and_diff_describe_past_work(runner, write_config, tmp_path
     assert "model.hidden" not in lines  # only what differs
     missing = runner.invoke(app, ["runs", "diff", str(runs), str(run_2)])
     assert missing.exit_code == 2 and "not a run folder" in missing.stderr
+
+
+def complete(runner, words: str) -> list[str]:
+    """What bash completion offers for the last word of ``words`` (Typer's completion machinery)."""
+    env = {"_DLLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    result = runner.invoke(app, [], env=env, prog_name="dllab")
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
+
+
+def test_shell_completion_offers_presets_and_config_keys(runner):
+    assert complete(runner, "dllab train --config lab09/x") == ["lab09/xavier"]
+    assert set(complete(runner, "dllab train --config lab09/")) >= {"lab09/nn_normal", "lab09/rbm", "lab09/zeros"}
+    assert complete(runner, "dllab compare relu --set model.act") == ["model.activation="]
+    assert complete(runner, "dllab train -c relu --set model.activation=si") == ["model.activation=sigmoid"]
+    assert "optimizer.lr=" in complete(runner, "dllab train -c relu --set optimizer.")
+    from typer._completion_shared import get_completion_script  # what --install-completion writes for each shell
+
+    for shell, marker in (
+        ("bash", "complete -o default -F _dllab_completion dllab"),
+        ("zsh", "compdef _dllab_completion dllab"),
+    ):
+        script = get_completion_script(prog_name="dllab", complete_var="_DLLAB_COMPLETE", shell=shell)
+        assert marker in script and "_DLLAB_COMPLETE=complete_" in script
+    help_text = runner.invoke(app, ["--help"]).stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text

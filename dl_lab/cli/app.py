@@ -17,7 +17,7 @@ app = typer.Typer(
     name="dllab",
     help="Train and compare small PyTorch MLPs on MNIST from YAML configs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)

@@ -22,6 +22,7 @@ ConfigOption = Annotated[
         "-c",
         metavar="CONFIG",
         help="A YAML file, or a name: configs/NAME.yaml under the current folder, else a preset shipped with dl_lab.",
+        autocompletion=lambda incomplete: complete_config(incomplete),
     ),
 ]
 SetOption = Annotated[
@@ -30,6 +31,7 @@ SetOption = Annotated[
         "--set",
         metavar="KEY=VALUE",
         help="Override a config key (dotted; value parsed as YAML), e.g. --set model.activation=sigmoid. Repeatable.",
+        autocompletion=lambda incomplete: complete_key(incomplete),
     ),
 ]
 
@@ -96,3 +98,35 @@ WideOption = Annotated[
         "--wide", help="Show every column of the comparison table (table.md has them all) instead of the main five."
     ),
 ]
+
+
+def complete_config(incomplete: str) -> list[str]:
+    """Shell completion after --config: preset names (and configs/NAME under the current folder)."""
+    from dl_lab.config.loader import preset_names
+
+    local = (
+        sorted(str(p.relative_to("configs").with_suffix("")) for p in Path("configs").rglob("*.yaml"))
+        if Path("configs").is_dir()
+        else []
+    )
+    return [name for name in dict.fromkeys([*local, *preset_names()]) if name.startswith(incomplete)]
+
+
+def complete_key(incomplete: str) -> list[str]:
+    """Shell completion after --set: dotted config keys ('model.activation='), then an option's choices."""
+    from dl_lab.config import choices
+    from dl_lab.config.diff import flat
+    from dl_lab.config.schema import ExperimentConfig
+
+    named = {
+        "model.activation": choices.ACTIVATIONS,
+        "model.init": choices.INITIALIZERS,
+        "optimizer.name": choices.OPTIMIZERS,
+        "data.dataset": choices.DATASETS,
+    }
+    key, sep, value = incomplete.partition("=")
+    if sep:
+        table = named.get(key)
+        return [f"{key}={name}" for name in (table.names() if table else []) if name.startswith(value)]
+    keys = flat(ExperimentConfig(name="x").to_dict())
+    return [f"{key}=" for key in keys if key.startswith(incomplete)]
