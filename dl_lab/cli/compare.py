@@ -173,6 +173,13 @@ def compare(
     from dl_lab.runs.store import check_report_folder, check_writable_folder
 
     runs_dir = folder_option(runs_dir)
+
+    def from_command(engine_name: str, limit: int):  # the plan the NAMES, --set, --vary, --device, --seeds make
+        overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
+        return plan_comparison(
+            names or [], overrides, vary or [], 3 if seeds is None else seeds, engine=engine_name, max_runs=limit
+        )
+
     with contextlib.ExitStack() as held:
         if resume is not None:
             resume = folder_option(resume)
@@ -186,27 +193,11 @@ def compare(
                     "and a resumed run must train the same way; allowed: no --engine with --resume"
                 )
             if names or set_ or vary or device or seeds is not None:  # the original command, --resume appended
-                overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
-                given = plan_comparison(
-                    names or [],
-                    overrides,
-                    vary or [],
-                    3 if seeds is None else seeds,
-                    engine=plan.engine,
-                    max_runs=max(DEFAULT_MAX_RUNS, len(plan.runs)) if max_runs is None else max_runs,
-                )
-                refuse_another_plan(given, plan, resume)
+                limit = max(DEFAULT_MAX_RUNS, len(plan.runs)) if max_runs is None else max_runs
+                refuse_another_plan(from_command(plan.engine, limit), plan, resume)
         else:
             check_writable_folder(runs_dir, "--runs-dir")
-            overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
-            plan = plan_comparison(
-                names or [],
-                overrides,
-                vary or [],
-                3 if seeds is None else seeds,
-                engine=(engine or Engine.auto).value,
-                max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs,
-            )
+            plan = from_command((engine or Engine.auto).value, DEFAULT_MAX_RUNS if max_runs is None else max_runs)
         expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]
         check_alpha(alpha)
         ray_options = ray_options_from(executor, address, cpus_per_task, gpus_per_task, collect)
