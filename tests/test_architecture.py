@@ -44,29 +44,38 @@ def top_level_imports(path: Path) -> set[str]:
     return found
 
 
-def test_no_module_imports_another_that_imports_it_back():
-    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    graph = {name: {m for m in top_level_imports(path) if m in modules and m != name} for name, path in modules.items()}
-    assert len(graph) > 40  # every module was found
-    cycles = []
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle a depth-first walk of ``graph`` (module -> modules it imports) meets."""
+    cycles: list[list[str]] = []
+    done: set[str] = set()
 
     def visit(name: str, trail: list[str]) -> None:
-        for target in graph[name]:
+        for target in sorted(graph[name]):
             if target in trail:
                 cycles.append(trail[trail.index(target) :] + [target])
             elif target not in done:
                 visit(target, trail + [target])
         done.add(name)
 
-    done: set[str] = set()
     for name in sorted(graph):
         if name not in done:
             visit(name, [name])
-    assert cycles == []
+    return cycles
 
 
-def test_the_cycle_finder_finds_a_cycle(tmp_path):
-    (tmp_path / "a.py").write_text("from dl_lab.b import x\n\nif TYPE_CHECKING:\n    from dl_lab.c import y\n")
+def test_no_module_imports_another_that_imports_it_back():
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in top_level_imports(path) if m in modules and m != name} for name, path in modules.items()}
+    assert len(graph) > 40 and graph["dl_lab.cli.app"]  # every module was found, with its imports
+    assert find_cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle_and_reads_only_module_level_imports(tmp_path):
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+    (tmp_path / "a.py").write_text(
+        "from dl_lab.b import x\n\nif TYPE_CHECKING:\n    from dl_lab.c import y\n\ndef f():\n    import dl_lab.d\n"
+    )
     assert top_level_imports(tmp_path / "a.py") == {"dl_lab.b", "dl_lab.b.x"}
 
 

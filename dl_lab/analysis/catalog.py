@@ -55,7 +55,7 @@ def _entry(path: Path) -> Entry | None:
         "run",
         str(path),
         summary.name,
-        run_status(path) or summary.status,
+        run_status(path, summary) or summary.status,  # one read of summary.json per run
         summary.seed,
         final.test_acc if final else None,
         summary.seconds,

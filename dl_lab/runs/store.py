@@ -172,10 +172,11 @@ def read_run_summary(folder: Path) -> RunSummary | None:
     return parse_run_summary(read_json(folder / "summary.json"))
 
 
-def run_status(folder: Path) -> str | None:
+def run_status(folder: Path, summary: RunSummary | None = None) -> str | None:
     """The true status of the run in ``folder`` (None: no run there). A ``running`` run whose writer
-    no longer holds the lock (its own, or its comparison's) was killed: it reads ``interrupted``."""
-    summary = read_run_summary(folder)
+    no longer holds the lock (its own, or its comparison's) was killed: it reads ``interrupted``.
+    ``summary``: the folder's summary when the caller has already read it."""
+    summary = summary or read_run_summary(folder)
     if summary is None:
         return None
     status = summary.status
