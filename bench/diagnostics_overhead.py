@@ -8,11 +8,11 @@ than the difference of two noisy medians). Usage: DLLAB_DATA_DIR=../shared/data 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 
+import benchargs
 import torch
 
 from dl_lab.components.model import build_mlp, linear_layers
@@ -24,11 +24,7 @@ from dl_lab.training.engine import Observer, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = benchargs.parse(__doc__)
     base = load_config("relu", [f"train.epochs={args.epochs}", f"device={args.device}"]).config
     device, data = device_and_data(base, os.environ)
     settings = {

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from dl_lab.cli import compare, config, report, runs, train
+from dl_lab.cli import compare, config, export, report, runs, train
 from dl_lab.cli.common import user_errors
 
 app = typer.Typer(
@@ -43,6 +43,9 @@ app.add_typer(runs_app, name="runs")
 runs_app.command("ls")(user_errors()(runs.runs_ls))
 runs_app.command("show")(user_errors()(runs.runs_show))
 runs_app.command("diff")(user_errors()(runs.runs_diff))
+export_app = typer.Typer(help="Write past runs in other tools' formats (TensorBoard).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+export_app.command("tensorboard")(user_errors()(export.export_tensorboard))
 
 
 def main() -> None:

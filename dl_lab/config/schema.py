@@ -176,6 +176,11 @@ class TrainConfig(Section):
     tf32: bool = Field(
         False, description="allow TF32 matmuls on CUDA (faster, ~1e-3 relative precision; no effect on CPU)"
     )
+    tensorboard: bool = Field(
+        False,
+        description="also write the run's TensorBoard event file into its run folder at each epoch boundary "
+        '(needs the tensorboard extra: pip install "dl_lab[tensorboard]")',
+    )
 
     @field_validator("step_grad_norms")
     @classmethod

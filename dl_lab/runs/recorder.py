@@ -2,7 +2,9 @@
 
 A run folder holds config.yaml (resolved), metrics.csv (one row per finished epoch),
 summary.json (status and final numbers) and env.json. summary.json says "running" from the
-start and is rewritten once the run ends, so a killed process never looks finished.
+start and is rewritten once the run ends, so a killed process never looks finished. With
+train.tensorboard the folder also holds the run's TensorBoard event file (runs/tensorboard.py),
+written at each epoch boundary.
 """
 
 from __future__ import annotations
@@ -73,11 +75,19 @@ class RunRecorder(Observer):
         self._lock = FolderLock(self.folder, "run folder").acquire() if self.lock else None
         self.final: RunSummary | None = None  # the summary written when the run ended
         self._written = 0  # epochs in metrics.csv
+        self.events = None  # the TensorBoard event log (train.tensorboard)
         try:
-            write_atomic(self.folder / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None))
+            write_atomic(
+                self.folder / "config.yaml",
+                yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=None),
+            )
             write_atomic(self.folder / "env.json", dump_json(self.env))
             self._write_metrics()
             self._write_summary("running")
+            if self.config.train.tensorboard:
+                from dl_lab.runs.tensorboard import EventLog  # tensorboardX (and torch): only when asked for
+
+                self.events = EventLog(self.folder)
         except Exception:
             self.failed(traceback.format_exc())
             raise
@@ -87,7 +97,11 @@ class RunRecorder(Observer):
 
     def pretrain_epoch_done(self, run: Run, record: PretrainEpoch) -> None:
         self.pretraining.append(record)
-        write_atomic(self.folder / "pretrain_metrics.csv", csv_text(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining]))
+        if self.events is not None:
+            self.events.pretrain_epoch(record.layer, record.epoch, record.reconstruction_error, flush=True)
+        write_atomic(
+            self.folder / "pretrain_metrics.csv", csv_text(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining])
+        )
         self._write_summary("running")
 
     def epoch_done(self, run: Run, metrics: EpochMetrics) -> None:
@@ -95,6 +109,8 @@ class RunRecorder(Observer):
         self.warnings.new(metrics.diagnostics)
         self._write_metrics()
         self._write_summary("running")
+        if self.events is not None:
+            self.events.epoch(metrics.as_dict(), flush=True)
 
     def finish(self, result: TrainResult) -> RunSummary:
         """Write the final metrics and summary from the engine's result and return the summary."""
@@ -125,12 +141,26 @@ class RunRecorder(Observer):
                 self.final = self._write_summary(status, result, error)
             except Exception:
                 error = traceback.format_exc()
-                del self.history[self._written:]  # the summary describes the epochs metrics.csv holds
+                del self.history[self._written :]  # the summary describes the epochs metrics.csv holds
                 self.final = self._last_resort(self._summary("failed", result, error), error)
             finally:
+                self._close_events()
                 if self._lock is not None:
                     self._lock.release(remove=True)  # a run folder has one writer, ever
         return self.final
+
+    def _close_events(self) -> None:
+        """The event log's epochs (those the engine's result brought, if the events missed them), then
+        the hparams with the final metrics. Events are a view: failing to write them fails no run."""
+        if self.events is None or self.final is None:
+            return
+        from dl_lab.runs.tensorboard import final_metrics, run_hparams
+
+        with contextlib.suppress(Exception):
+            for metrics in self.history[self.events.epochs :]:
+                self.events.epoch(metrics.as_dict())
+            self.events.close(run_hparams(self.config.to_dict(), self.final.status), final_metrics(self.final))
+        self.events = None
 
     def _last_resort(self, summary: RunSummary, error: str) -> RunSummary:
         """Write a failed summary however possible: atomically, else a short one in place (a full disk
@@ -138,9 +168,16 @@ class RunRecorder(Observer):
         try:
             write_atomic(self.folder / "summary.json", dump_json(summary.to_json_dict()))
         except OSError:
-            short = RunSummary(schema_version=summary.schema_version, name=summary.name, status=summary.status,
-                               seed=summary.seed, epochs=summary.epochs, run_dir=summary.run_dir, error=summary.error,
-                               finished_at=summary.finished_at)
+            short = RunSummary(
+                schema_version=summary.schema_version,
+                name=summary.name,
+                status=summary.status,
+                seed=summary.seed,
+                epochs=summary.epochs,
+                run_dir=summary.run_dir,
+                error=summary.error,
+                finished_at=summary.finished_at,
+            )
             with contextlib.suppress(OSError):
                 write_in_place(self.folder / "summary.json", dump_json(short.to_json_dict()))
         with contextlib.suppress(OSError):
@@ -193,9 +230,11 @@ class RunRecorder(Observer):
             layers = sorted({r.layer for r in self.pretraining})
             fields["pretraining"] = PretrainingSummary(
                 method="rbm",
-                reconstruction_error=[[round(r.reconstruction_error, 6) for r in self.pretraining if r.layer == layer]
-                                      for layer in layers],
-                seconds=round(sum(r.seconds for r in self.pretraining), 3))
+                reconstruction_error=[
+                    [round(r.reconstruction_error, 6) for r in self.pretraining if r.layer == layer] for layer in layers
+                ],
+                seconds=round(sum(r.seconds for r in self.pretraining), 3),
+            )
         return RunSummary(**fields)
 
 

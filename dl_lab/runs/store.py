@@ -43,6 +43,7 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file: the user's umask applies
+FOLDER_MODE = 0o777 & ~_umask()  # what mkdir gives a new folder
 
 
 @contextlib.contextmanager
