@@ -68,3 +68,84 @@ def test_real_mnist_loads_into_tensors_with_the_usual_statistics():
     assert data.train.x.mean().item() == pytest.approx(0.1307, abs=2e-4)
     assert data.train.x.std().item() == pytest.approx(0.3081, abs=3e-4)
     assert data.train.y[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """An idx file of unsigned bytes, as the MNIST files are."""
+    header = bytes([0, 0, 8, array.dim()]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def small_mnist(root: Path, folder: str = "MNIST", train: int = 50, test: int = 20) -> Path:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", torch.arange(n) % 10)
+    return raw
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_idx_files_are_read_directly_pixel_for_pixel(tmp_path, dataset, folder):
+    raw = small_mnist(tmp_path, folder)
+    data = load_dataset(DataConfig(dataset=dataset, download=False), DataRoot(tmp_path, "test"), CPU)
+    images = (raw / "train-images-idx3-ubyte").read_bytes()[16:]
+    assert data.train.x.shape == (50, 784) and data.test.x.shape == (20, 784)
+    assert data.train.x[3, 100].item() == pytest.approx(images[3 * 784 + 100] / 255)
+    assert data.train.y.tolist() == [i % 10 for i in range(50)] and data.train.y.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda b: b[:-5], "truncated"),
+        (lambda b: b[:3] + b"\x09" + b[4:], "not an idx file"),
+        (lambda b: b + b"\x00", "truncated"),
+        (lambda b: b"", "truncated"),
+    ],
+)
+def test_a_damaged_idx_file_is_a_data_error_naming_it(tmp_path, damage, words):
+    raw = small_mnist(tmp_path)
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=words) as error:
+        load_dataset(DataConfig(dataset="mnist", download=False), DataRoot(tmp_path, "test"), CPU)
+    assert str(path) in str(error.value) and error.value.key == "data.dataset"
+
+
+def test_images_and_labels_that_do_not_match_are_a_data_error(tmp_path):
+    raw = small_mnist(tmp_path)
+    write_idx(raw / "train-labels-idx1-ubyte", torch.arange(49) % 10)  # one label short
+    with pytest.raises(DataError, match="do not make an MNIST-format split"):
+        load_dataset(DataConfig(dataset="mnist", download=False), DataRoot(tmp_path, "test"), CPU)
+
+
+@needs_mnist
+def test_the_direct_reader_equals_torchvision_and_skips_its_import():
+    import subprocess
+    import sys
+
+    from torchvision import datasets
+
+    data = load_dataset(DataConfig(dataset="mnist", download=False), DataRoot(MNIST_ROOT, "test"), CPU)
+    for split, train in ((data.train, True), (data.test, False)):
+        reference = datasets.MNIST(str(MNIST_ROOT), train=train, download=False)
+        assert torch.equal(split.x, reference.data.reshape(len(reference.data), -1).float() / 255)
+        assert torch.equal(split.y, reference.targets)
+    code = (
+        "import os, sys; from pathlib import Path; import torch\n"
+        "from dl_lab.components.datasets import DataRoot, load_dataset\n"
+        "from dl_lab.config.schema import DataConfig\n"
+        "from dl_lab.training.environment import environment\n"
+        f"load_dataset(DataConfig(download=False), DataRoot(Path({str(MNIST_ROOT)!r}), 't'), torch.device('cpu'))\n"
+        "env = environment(torch.device('cpu'), '')\n"
+        "print('torchvision' in sys.modules, env['torchvision'])"
+    )
+    imported, version = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert imported == "False"
+    import torchvision
+
+    assert version == torchvision.__version__

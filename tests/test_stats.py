@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from dl_lab.analysis.stats import paired_test, summarize, verdict
 
@@ -52,3 +55,23 @@ def test_too_few_or_degenerate_seeds_say_so():
     assert shifted.p_value is None and "identical differences" in verdict(shifted)
     with pytest.raises(ValueError):
         paired_test([0.9, 0.8], [0.9])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0)), min_size=2, max_size=12),
+    st.sampled_from([0.8, 0.9, 0.95, 0.99]),
+)
+def test_p_values_and_intervals_equal_scipy_stats(pairs, confidence):
+    """The t distribution comes from scipy.special (a lighter import): same numbers as scipy.stats."""
+    from scipy import stats
+
+    variant, baseline = [a for a, _ in pairs], [b for _, b in pairs]
+    assume(statistics.pstdev([a - b for a, b in pairs]) > 1e-9)  # identical differences: tested above
+    test = paired_test(variant, baseline)
+    reference = stats.ttest_rel(variant, baseline).pvalue
+    assert test.p_value == pytest.approx(reference, rel=1e-9, abs=1e-15)
+    summary = summarize(variant, confidence)
+    if summary.std:
+        low, high = stats.t.interval(confidence, len(variant) - 1, loc=summary.mean, scale=stats.sem(variant))
+        assert summary.ci95 == (pytest.approx(low, rel=1e-9, abs=1e-12), pytest.approx(high, rel=1e-9, abs=1e-12))

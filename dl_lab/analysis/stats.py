@@ -1,4 +1,6 @@
-"""Statistics over seeds: mean, spread, confidence intervals and paired tests (scipy does the maths).
+"""Statistics over seeds: mean, spread, confidence intervals and paired tests (scipy does the maths:
+Student's t distribution from scipy.special, a quarter of the import time of scipy.stats; the
+tests check the results against scipy.stats).
 
 Seeds are matched across variants (seed i of every variant uses the same value), so differences are
 tested pairwise: the paired t-test on per-seed differences removes the shared init/data-order noise.
@@ -23,14 +25,14 @@ class Summary:
 
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
-    from scipy import stats
+    from scipy.special import stdtrit  # Student's t quantile
 
     n = len(values)
     mean = statistics.fmean(values)
     if n < MIN_SEEDS:
         return Summary(n, mean, None, None)
     std = statistics.stdev(values)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * std / math.sqrt(n)
     return Summary(n, mean, std, (mean - half, mean + half))
 
 
@@ -43,8 +45,8 @@ class PairedTest:
 
 
 def paired_test(variant: Sequence[float], baseline: Sequence[float]) -> PairedTest:
-    """Two-sided paired t-test of variant vs baseline over matched seeds."""
-    from scipy import stats
+    """Two-sided paired t-test of variant vs baseline over matched seeds (scipy.stats.ttest_rel's p)."""
+    from scipy.special import stdtr  # Student's t distribution function
 
     if len(variant) != len(baseline):
         raise ValueError("paired test needs one value per matched seed on both sides")
@@ -56,7 +58,8 @@ def paired_test(variant: Sequence[float], baseline: Sequence[float]) -> PairedTe
     if statistics.pstdev(differences) == 0:
         # Every seed moved by exactly the same amount: the t statistic is undefined.
         return PairedTest(n, mean, None if mean else 1.0, "identical differences on every seed" if mean else "")
-    return PairedTest(n, mean, float(stats.ttest_rel(variant, baseline).pvalue), "")
+    t = mean / (statistics.stdev(differences) / math.sqrt(n))
+    return PairedTest(n, mean, float(2 * stdtr(n - 1, -abs(t))), "")
 
 
 def verdict(test: PairedTest, alpha: float = 0.05, higher_is_better: bool = True) -> str:

@@ -1,7 +1,8 @@
 """Datasets by name, loaded once into float tensors on the target device.
 
-No per-sample PIL/ToTensor and no DataLoader: torchvision is used only to find or download the
-files, then the whole split is converted in one tensor operation. Training batches are index
+No per-sample PIL/ToTensor and no DataLoader: the four idx files are read directly when they are
+there (torchvision, whose import alone costs over a second, is used only to download and extract
+them), then the whole split is converted in one tensor operation. Training batches are index
 slices of these tensors (see engine).
 """
 
@@ -76,9 +77,51 @@ def resolve_data_root(config_root: str | None, environ: Mapping[str, str]) -> Da
     return DataRoot(cache / "dl_lab" / "data", "the default cache folder")
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An idx file of unsigned bytes (the MNIST format: magic 0x0000080N, N big-endian sizes, then
+    the data) as a uint8 tensor; DataError naming the file when it is anything else."""
+    import torch
+
+    data = path.read_bytes()
+    header = 4 + 4 * ndim
+    sizes = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)] if len(data) >= header else []
+    expected = header + (sizes[0] * (sizes[1] * sizes[2] if ndim == 3 else 1) if sizes else 0)
+    if data[:4] != bytes([0, 0, 8, ndim]) or not sizes or len(data) != expected:
+        raise DataError(
+            f"{path}: not an idx file of {ndim}-dimensional unsigned bytes, or truncated ({len(data)} bytes; "
+            f"expected the header 00 00 08 0{ndim} and {expected} bytes). Fix: replace it with the original file "
+            f"(or delete the four files and allow data.download: true)",
+            key="data.dataset",
+        )
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*sizes)
+
+
+def _read_raw(raw: Path) -> RawSplits | None:
+    """The four uncompressed idx files of an MNIST-format dataset, read directly (no torchvision
+    import, which costs more than reading them); None when any is missing."""
+    paths = [raw / name for name in IDX_FILES]
+    if not all(path.is_file() for path in paths):
+        return None
+    train_x, train_y, test_x, test_y = (read_idx(path, 3 if "images" in path.name else 1) for path in paths)
+    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
+        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28) or int(labels.max()) > 9:
+            raise DataError(
+                f"{raw}: the {split} images ({tuple(images.shape)}) and labels ({labels.shape[0]}, largest "
+                f"{int(labels.max())}) do not make an MNIST-format split of 28x28 images with labels 0-9",
+                key="data.dataset",
+            )
+    return RawSplits(train_x, train_y, test_x, test_y, 10)
+
+
 def _torchvision_splits(cls_name: str, folder: str) -> DatasetBuilder:
     def build(root: DataRoot, download: bool) -> RawSplits:
-        from torchvision import datasets
+        read = _read_raw(root.path / folder / "raw")
+        if read is not None:
+            return read
+        from torchvision import datasets  # finds, downloads and extracts the files
 
         cls = getattr(datasets, cls_name)
         try:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 import dl_lab
 from dl_lab.training.device import device_name
@@ -29,13 +31,28 @@ def git_commit(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def torchvision_version() -> str | None:
+    """torchvision's __version__ (with its local label, e.g. '0.29.1+cu130'), read from its version.py
+    without importing torchvision (over a second); None when it is not installed."""
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+        return re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M).group(1)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return importlib.metadata.version("torchvision")
+
+
 def environment(device: torch.device, data_root: str) -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "dl_lab": dl_lab.__version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version(),
         "device": str(device),
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
