@@ -17,8 +17,6 @@ import os  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import typer  # noqa: E402  (what `dllab` imports before a command runs)
-
 import dl_lab.cli.app  # noqa: E402, F401
 
 CLI_READY = time.perf_counter()
