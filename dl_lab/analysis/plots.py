@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,14 +224,61 @@ DIAGNOSTIC_PLOTS = {"gradient_norms.png": plot_gradient_norms, "activation_histo
 PLOT_NAMES = (*PLOTS, *DIAGNOSTIC_PLOTS)
 
 
+# Plots by drawing time, longest first (measured on the 2 x 5 grid): alternating them splits the work evenly.
+BY_COST = (
+    "activation_histograms.png",
+    "curves.png",
+    "gradient_norms.png",
+    "train_vs_test_loss.png",
+    "final_accuracy.png",
+)
+
+
 def write_plots(results: Sequence[VariantResult], folder: Path) -> list[Path]:
-    written = []
-    if any(result.runs for result in results):
-        for name, draw in PLOTS.items():
-            draw(results, folder / name)
-            written.append(folder / name)
+    """The plots that apply, each written atomically. With two or more CPUs a forked process draws
+    half of them (matplotlib is single-threaded: 2.3 s -> 1.4 s for the five plots on 2 cores); if
+    it fails, its share is drawn here, so the files written never depend on it."""
+    names = [*PLOTS] if any(result.runs for result in results) else []
     if any(result.runs and result.runs[0].summary.diagnostics for result in results):
-        for name, draw in DIAGNOSTIC_PLOTS.items():
-            draw(results, folder / name)
-            written.append(folder / name)
-    return written
+        names += [*DIAGNOSTIC_PLOTS]
+    jobs = sorted(names, key=BY_COST.index)
+    helper = _draw_in_child(jobs[0::2], results, folder) if len(jobs) > 1 else None
+    try:
+        _draw(jobs[1::2] if helper else jobs, results, folder)
+    except BaseException:
+        if helper:
+            os.kill(helper, signal.SIGTERM)  # it stops between plots' atomic writes
+        raise
+    finally:
+        helped = helper is not None and os.waitstatus_to_exitcode(os.waitpid(helper, 0)[1]) == 0
+    if helper and not helped:
+        _draw(jobs[0::2], results, folder)
+    return [folder / name for name in names]
+
+
+def _draw(names: Sequence[str], results: Sequence[VariantResult], folder: Path) -> None:
+    for name in names:
+        {**PLOTS, **DIAGNOSTIC_PLOTS}[name](results, folder / name)
+
+
+def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folder: Path) -> int | None:
+    """Fork a process that draws ``names`` and exits 0 (1 on any failure or signal); its pid, or None
+    where that does not pay: one usable CPU, no fork (Windows), or Ray's threads in this process."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus < 2 or not hasattr(os, "fork") or "ray" in sys.modules:
+        return None
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the child: no output, no traceback; a signal ends it through atomic_path's cleanup
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop)
+        _draw(names, results, folder)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
