@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -200,15 +201,30 @@ def test_ctrl_c_leaves_the_run_marked_interrupted_with_its_finished_epochs(fast_
 
 def test_help_does_not_import_torch():
     code = (
-        "import sys\nfrom dl_lab.cli.app import app, main\nsys.argv = ['dllab', '--help']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"  # the console script's own path, streams and all
+        "import atexit, sys\nfrom dl_lab.cli.app import app, main\n"
         "for cmd in (['train', '--help'], ['config', 'show', '--help'], ['compare', '--help'], ['report', '--help']):\n"
         "    try:\n        app(cmd)\n    except SystemExit:\n        pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+        "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'))\n"
+        "sys.argv = ['dllab', '--help']\nmain()\n"  # the console script's own path, streams, exit and all
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH")
     assert "--config" in out and "--set" in out
+
+
+def test_the_process_exits_with_the_commands_code_after_flushing_and_atexit():
+    """main() skips the interpreter's teardown (os._exit) but not what a normal exit guarantees."""
+    code = (
+        "import atexit, sys\nfrom dl_lab.cli.app import main\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "print('buffered', end='')\n"  # still in the buffer when main exits
+        "sys.argv = ['dllab', 'train', '--config', 'no-such-config']\nmain()\n"
+        "print('never')"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ)
+    assert done.returncode == 2 and "no such config file" in done.stderr
+    assert done.stdout == "bufferedatexit ran\n"
 
 
 def test_python_dash_m_runs_the_app():
