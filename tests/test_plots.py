@@ -63,3 +63,57 @@ def test_an_interrupt_while_drawing_stops_the_helper_and_leaves_no_temporaries(r
     assert not [name for name in written(tmp_path) if name.endswith(".tmp")]
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # the helper was reaped: no child left behind
+
+
+def test_a_killed_command_takes_its_helper_and_its_lock_with_it(results, tmp_path):
+    """SIGKILL while the helper draws: the folder's lock is free at once (the helper closed its copy)
+    and the helper ends too (PR_SET_PDEATHSIG), instead of writing into a folder nobody holds."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from dl_lab.runs.locks import is_locked
+
+    out, marker = tmp_path / "report", tmp_path / "helper.pid"
+    out.mkdir()
+    (tmp_path / "results.pickle").write_bytes(pickle.dumps(results))
+    script = textwrap.dedent(f"""
+        import os, pickle, time
+        from pathlib import Path
+        from dl_lab.analysis import plots
+        from dl_lab.runs.locks import FolderLock
+        results = pickle.loads(Path({str(tmp_path / "results.pickle")!r}).read_bytes())
+        FolderLock(Path({str(out)!r}), "report folder").acquire()
+        parent = os.getpid()
+        def slow(results, path):
+            if os.getpid() != parent:
+                Path({str(marker)!r}).write_text(str(os.getpid()))
+            time.sleep(60)
+        for name in plots.PLOT_NAMES:
+            (plots.PLOTS if name in plots.PLOTS else plots.DIAGNOSTIC_PLOTS)[name] = slow
+        plots.write_plots(results, Path({str(out)!r}))
+    """)
+    command = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    helper = int(marker.read_text())
+    assert is_locked(out)
+    command.send_signal(signal.SIGKILL)
+    command.wait()
+    assert not is_locked(out)  # at once: the helper holds no copy of the lock
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(helper):
+        time.sleep(0.05)
+    assert not _alive(helper)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state  # a zombie has ended; only its parent's wait is missing

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dl_lab.analysis.load import VariantResult
+from dl_lab.runs.locks import drop_inherited
 from dl_lab.runs.records import Histogram
 from dl_lab.runs.store import atomic_path
 
@@ -267,6 +268,7 @@ def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folde
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cpus < 2 or not hasattr(os, "fork") or "ray" in sys.modules:
         return None
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -274,10 +276,25 @@ def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folde
     try:  # the child: no output, no traceback; a signal ends it through atomic_path's cleanup
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _stop)
+        drop_inherited()  # the parent's folder locks end with the parent, whatever becomes of this helper
+        _end_with(parent)
         _draw(names, results, folder)
         code = 0
     finally:
         os._exit(code)
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent ends, even killed (Linux); a helper
+    outliving its command would go on writing into a folder nobody holds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the helper ends when its plots are drawn
+        pass
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        raise KeyboardInterrupt
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+_held: set[FolderLock] = set()  # locks this process holds, even one whose object was dropped (drop_inherited)
 
 
 class FolderInUse(UserError):
@@ -47,6 +48,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _held.add(self)
         return self
 
     def release(self, remove: bool = False) -> None:
@@ -57,12 +59,24 @@ class FolderLock:
                 Path(self.path).unlink(missing_ok=True)
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
+            _held.discard(self)
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def drop_inherited() -> None:
+    """In a forked child: close the descriptors of the locks inherited from the parent, without
+    unlocking them (a flock belongs to the open file, which the parent still holds). Else the child
+    would keep the parent's folders locked after the parent ended, even killed."""
+    for lock in list(_held):
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _held.clear()
 
 
 def holder(folder: Path) -> int | None:
