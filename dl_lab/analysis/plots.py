@@ -264,9 +264,10 @@ def _draw(names: Sequence[str], results: Sequence[VariantResult], folder: Path) 
 
 def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folder: Path) -> int | None:
     """Fork a process that draws ``names`` and exits 0 (1 on any failure or signal); its pid, or None
-    where that does not pay: one usable CPU, no fork (Windows), or Ray's threads in this process."""
+    where that does not pay or is not safe: one usable CPU, not Linux (the helper must end with its
+    parent; macOS frameworks do not survive fork), or Ray's threads in this process."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus < 2 or not hasattr(os, "fork") or "ray" in sys.modules:
+    if cpus < 2 or not sys.platform.startswith("linux") or "ray" in sys.modules:
         return None
     parent = os.getpid()
     pid = os.fork()
@@ -291,7 +292,7 @@ def _end_with(parent: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the helper ends when its plots are drawn
+    except (OSError, AttributeError):  # no prctl: the helper ends when its plots are drawn
         pass
     if os.getppid() != parent:  # the parent ended before the request took effect
         raise KeyboardInterrupt
