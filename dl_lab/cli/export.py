@@ -13,16 +13,21 @@ from dl_lab.cli.common import folder_option
 
 def export_tensorboard(
     folders: Annotated[
-        list[Path], typer.Argument(help="Run folders, comparison folders, or folders holding them (e.g. runs).")
+        list[Path],
+        typer.Argument(
+            metavar="FOLDER", help="Run folders, comparison folders, or folders holding them (e.g. runs)."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Where the TensorBoard runs go (view with: tensorboard --logdir OUT).")
     ] = Path("runs/tensorboard"),
     json_: Annotated[bool, typer.Option("--json", help="Print what was written and skipped as JSON.")] = False,
 ) -> None:
-    """Write TensorBoard event files for finished runs: one TensorBoard run per dllab run, named
-    <comparison>/<variant>/seed<N> (or the run folder's name), with every metrics.csv column per
-    epoch and the config as hparams with the final metrics. Needs the tensorboard extra."""
+    r"""Write TensorBoard event files for finished runs and comparisons.
+
+    One TensorBoard run per dllab run, named <comparison>/<variant>/seed<N> (or the run folder's
+    name), with every metrics.csv column per epoch and the config as hparams with the final metrics.
+    Needs the tensorboard extra: pip install "dl_lab\[tensorboard]"."""
     from dl_lab.analysis.export import export_tensorboard as export
 
     out = folder_option(out)
