@@ -14,9 +14,7 @@ from dl_lab.cli.common import folder_option
 def export_tensorboard(
     folders: Annotated[
         list[Path],
-        typer.Argument(
-            metavar="FOLDER", help="Run folders, comparison folders, or folders holding them (e.g. runs)."
-        ),
+        typer.Argument(metavar="FOLDER", help="Run folders, comparison folders, or folders holding them (e.g. runs)."),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Where the TensorBoard runs go (view with: tensorboard --logdir OUT).")
