@@ -117,3 +117,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "State:\tZ" not in state  # a zombie has ended; only its parent's wait is missing
+
+
+def test_no_process_to_spare_means_every_plot_is_drawn_here(results, tmp_path, monkeypatch):
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(plots.os, "fork", no_fork)
+    assert [p.name for p in plots.write_plots(results, tmp_path)] == list(plots.PLOT_NAMES)
+    assert written(tmp_path) == ALL

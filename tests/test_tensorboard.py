@@ -223,3 +223,17 @@ def test_a_failed_export_leaves_no_half_written_run(runner, tmp_path, monkeypatc
     with pytest.raises(OSError):
         export_tensorboard([tmp_path / "runs"], out)
     assert list(out.iterdir()) == []  # neither the run's folder nor its staging folder
+
+
+def test_events_that_cannot_be_written_stop_the_events_not_the_run(runner, fast_config, tmp_path, monkeypatch):
+    def full(self, row, flush=False):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tensorboard.EventLog, "epoch", full)
+    result = runner.invoke(
+        app, ["train", "-c", str(fast_config), *sets("train.tensorboard=true"), "--runs-dir", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert len(list(Path(summary["run_dir"]).glob("events.out.tfevents.*"))) == 1  # opened, then closed

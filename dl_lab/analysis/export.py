@@ -23,6 +23,7 @@ from dl_lab.analysis.catalog import config_of
 from dl_lab.errors import ConfigError
 from dl_lab.runs import tensorboard
 from dl_lab.runs.comparison import read_plan
+from dl_lab.runs.records import RunSummary
 from dl_lab.runs.store import FOLDER_MODE, PLAN_FILE, make_folder, read_run_summary, run_status, safe_name
 
 
@@ -44,11 +45,14 @@ def export_tensorboard(folders: Sequence[Path], out: Path) -> Exported:
     make_folder(out, "--out")
     result = Exported()
     for run, name in targets:
-        why = _why_not(run, out / name)
+        summary = read_run_summary(run)
+        status = run_status(run, summary) if summary else None
+        why = _why_not(run, status, out / name)
         if why:
             result.skipped.append(f"{run}: {why}")
             continue
-        _export_run(run, out / name)
+        assert summary is not None and status is not None  # _why_not says so
+        _export_run(run, summary, status, out / name)
         result.written.append((run, out / name))
     return result
 
@@ -72,8 +76,7 @@ def _targets(folder: Path, out: Path, nested: bool = False) -> Iterator[tuple[Pa
         )
 
 
-def _why_not(run: Path, target: Path) -> str | None:
-    status = run_status(run)
+def _why_not(run: Path, status: str | None, target: Path) -> str | None:
     if status is None:
         return "not started (no summary.json)"
     if status == "running":
@@ -85,7 +88,7 @@ def _why_not(run: Path, target: Path) -> str | None:
     return None
 
 
-def _export_run(run: Path, target: Path) -> None:
+def _export_run(run: Path, summary: RunSummary, status: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -94,10 +97,8 @@ def _export_run(run: Path, target: Path) -> None:
             events.pretrain_epoch(int(row["layer"]), int(row["epoch"]), float(row["reconstruction_error"]))
         for row in _rows(run / "metrics.csv"):
             events.epoch(row)
-        summary = read_run_summary(run)
-        assert summary is not None  # _why_not read it
         events.close(
-            tensorboard.run_hparams(config_of(run), run_status(run, summary) or summary.status),
+            tensorboard.run_hparams(config_of(run), status),
             tensorboard.final_metrics(summary),
         )
         os.chmod(staging, FOLDER_MODE)  # mkdtemp makes 0700 folders

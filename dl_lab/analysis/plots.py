@@ -13,6 +13,7 @@ from dl_lab.analysis.load import VariantResult
 from dl_lab.runs.locks import drop_inherited
 from dl_lab.runs.records import Histogram
 from dl_lab.runs.store import atomic_path
+from dl_lab.signals import HANDLED
 
 
 def _pyplot():
@@ -270,12 +271,15 @@ def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folde
     if cpus < 2 or not sys.platform.startswith("linux") or "ray" in sys.modules:
         return None
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process slots for a helper: the command draws every plot itself
+        return None
     if pid:
         return pid
     code = 1
     try:  # the child: no output, no traceback; a signal ends it through atomic_path's cleanup
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in HANDLED:
             signal.signal(signum, _stop)
         drop_inherited()  # the parent's folder locks end with the parent, whatever becomes of this helper
         _end_with(parent)

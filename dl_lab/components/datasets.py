@@ -9,6 +9,7 @@ slices of these tensors (see engine).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,15 +88,23 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
 
     data = path.read_bytes()
     header = 4 + 4 * ndim
-    sizes = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)] if len(data) >= header else []
-    expected = header + (sizes[0] * (sizes[1] * sizes[2] if ndim == 3 else 1) if sizes else 0)
-    if data[:4] != bytes([0, 0, 8, ndim]) or not sizes or len(data) != expected:
+    fix = "Fix: replace it with the original file (or delete the four files and allow data.download: true)"
+    if len(data) < header or data[:4] != bytes([0, 0, 8, ndim]):
         raise DataError(
-            f"{path}: not an idx file of {ndim}-dimensional unsigned bytes, or truncated ({len(data)} bytes; "
-            f"expected the header 00 00 08 0{ndim} and {expected} bytes). Fix: replace it with the original file "
-            f"(or delete the four files and allow data.download: true)",
+            f"{path}: not an idx file of {ndim}-dimensional unsigned bytes (it starts {data[:4].hex(' ') or 'empty'}, "
+            f"expected 00 00 08 0{ndim} and a {header}-byte header). {fix}",
             key="data.dataset",
         )
+    sizes = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(sizes)
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: {len(data)} bytes where its header promises {expected} (sizes {sizes}): truncated or "
+            f"damaged. {fix}",
+            key="data.dataset",
+        )
+    if expected == header:  # no samples (torch.frombuffer refuses an empty buffer)
+        return torch.empty(sizes, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*sizes)
 
 
@@ -107,10 +116,11 @@ def _read_raw(raw: Path) -> RawSplits | None:
         return None
     train_x, train_y, test_x, test_y = (read_idx(path, 3 if "images" in path.name else 1) for path in paths)
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
-        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28) or int(labels.max()) > 9:
+        largest = int(labels.max()) if len(labels) else None
+        if not len(labels) or images.shape[0] != len(labels) or images.shape[1:] != (28, 28) or largest > 9:
             raise DataError(
-                f"{raw}: the {split} images ({tuple(images.shape)}) and labels ({labels.shape[0]}, largest "
-                f"{int(labels.max())}) do not make an MNIST-format split of 28x28 images with labels 0-9",
+                f"{raw}: the {split} images ({tuple(images.shape)}) and labels ({len(labels)}, largest "
+                f"{largest}) do not make an MNIST-format split of 28x28 images with labels 0-9",
                 key="data.dataset",
             )
     return RawSplits(train_x, train_y, test_x, test_y, 10)

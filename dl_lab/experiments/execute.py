@@ -63,7 +63,8 @@ def check_trainable(
     config: ExperimentConfig, data: Dataset, device: torch.device, models: int = 1, memory: bool = True
 ) -> None:
     """Refuse, before anything is written, a run that cannot train: an epoch without a single batch,
-    events asked for without their writer installed, or a model (a stack of ``models``) that cannot fit in the memory ``device`` has free."""
+    events asked for without their writer installed, or a model (a stack of ``models``) that cannot
+    fit in the memory ``device`` has free."""
     n, batch = len(data.train), config.data.batch_size
     if BatchPlan.make(n, batch, config.data.drop_last, config.model.has_batchnorm_layers).steps == 0:
         why = (
@@ -79,12 +80,7 @@ def check_trainable(
     if config.train.tensorboard:
         from dl_lab.runs import tensorboard
 
-        if not tensorboard.available():
-            raise ConfigError(
-                f"true needs the tensorboardX package, which is not installed; install it with: "
-                f"{tensorboard.INSTALL}, or set train.tensorboard: false",
-                key="train.tensorboard",
-            )
+        tensorboard.require("true", key="train.tensorboard")
     needed = training_bytes(config, data.num_features, data.num_classes, len(data.test), models)
     free = available_bytes(device) if memory else None
     if free is not None and needed > free:

@@ -97,8 +97,7 @@ class RunRecorder(Observer):
 
     def pretrain_epoch_done(self, run: Run, record: PretrainEpoch) -> None:
         self.pretraining.append(record)
-        if self.events is not None:
-            self.events.pretrain_epoch(record.layer, record.epoch, record.reconstruction_error, flush=True)
+        self._to_events(lambda events: events.pretrain_epoch(record.layer, record.epoch, record.reconstruction_error, True))
         write_atomic(
             self.folder / "pretrain_metrics.csv", csv_text(PRETRAIN_COLUMNS, [r.as_dict() for r in self.pretraining])
         )
@@ -109,8 +108,7 @@ class RunRecorder(Observer):
         self.warnings.new(metrics.diagnostics)
         self._write_metrics()
         self._write_summary("running")
-        if self.events is not None:
-            self.events.epoch(metrics.as_dict(), flush=True)
+        self._to_events(lambda events: events.epoch(metrics.as_dict(), flush=True))
 
     def finish(self, result: TrainResult) -> RunSummary:
         """Write the final metrics and summary from the engine's result and return the summary."""
@@ -148,6 +146,18 @@ class RunRecorder(Observer):
                 if self._lock is not None:
                     self._lock.release(remove=True)  # a run folder has one writer, ever
         return self.final
+
+    def _to_events(self, write: Any) -> None:
+        """Write to the event log, if there is one. Events are a view of the run's files: an error
+        writing them (disk full...) stops the events, never the run."""
+        if self.events is None:
+            return
+        try:
+            write(self.events)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.events.stop()
+            self.events = None
 
     def _close_events(self) -> None:
         """The event log's epochs (those the engine's result brought, if the events missed them), then

@@ -50,10 +50,13 @@ def available() -> bool:
         return False
 
 
-def require(what: str) -> None:
-    """Refuse (ConfigError, exit 2) when tensorboardX is missing; ``what`` names what needs it."""
+def require(what: str, key: str | None = None) -> None:
+    """Refuse (ConfigError, exit 2) when tensorboardX is missing; ``what`` names what needs it, ``key``
+    the config key that asked for it."""
     if not available():
-        raise ConfigError(f"{what} needs the tensorboardX package, which is not installed; install it with: {INSTALL}")
+        raise ConfigError(
+            f"{what} needs the tensorboardX package, which is not installed; install it with: {INSTALL}", key=key
+        )
 
 
 def tag(column: str) -> str:
@@ -124,4 +127,8 @@ class EventLog:
             self._writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
             self._writer.add_scalar(key, value, self._last_epoch)
+        self._writer.close()
+
+    def stop(self) -> None:
+        """Close the file without hparams (writing has failed)."""
         self._writer.close()
