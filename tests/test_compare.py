@@ -220,6 +220,59 @@ def test_a_failed_run_exits_3(runner, tmp_path, monkeypatch):
     assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
 
 
+def test_an_interrupt_while_a_run_folder_is_created_marks_that_run_interrupted(runner, tmp_path, monkeypatch):
+    """The signal waits out the folder's creation (a deferred section), then lands before the engine
+    counts the run as started: the comparison must still close the run it created."""
+    import os
+
+    from dl_lab.runs.recorder import RunRecorder
+
+    created, start = [], RunRecorder.__post_init__
+
+    def post_init(self):
+        created.append(self.folder.name)
+        if len(created) == 3:  # the first run of the second stack
+            os.kill(os.getpid(), signal.SIGINT)
+        start(self)
+
+    monkeypatch.setattr(RunRecorder, "__post_init__", post_init)
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH)
+    assert result.exit_code == 130, result.output
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in folder.glob("*/summary.json")}
+    assert statuses == {"relu-seed777": "completed", "relu-seed778": "completed", "sigmoid-seed777": "interrupted"}
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    "module, name, status",
+    [
+        ("dl_lab.runs.comparison", "create_run_dir", "interrupted"),  # inside the folder's deferred creation
+        ("dl_lab.cli.progress", "progress_for", "interrupted"),  # the folder is held, nothing trains yet
+        ("dl_lab.experiments.execute", "environment", "interrupted"),  # before the first unit
+        ("dl_lab.analysis.report", "load_compare", "completed"),  # every run done: the report is what is cut
+    ],
+)
+def test_an_interrupt_outside_training_still_leaves_the_comparison_a_true_summary(
+    runner, tmp_path, monkeypatch, module, name, status
+):
+    import importlib
+    import os
+
+    target = importlib.import_module(module)
+    original = getattr(target, name)
+
+    def interrupted_here(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupted_here)
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "1", *SYNTH)
+    assert result.exit_code == 130, result.output
+    assert json.loads((folder / "summary.json").read_text())["status"] == status
+    runs = [json.loads(p.read_text())["status"] for p in folder.glob("*/summary.json")]
+    assert runs == ([] if status == "interrupted" else ["completed", "completed"])
+
+
 @pytest.mark.filterwarnings("error")  # plots of a variant without a finished run must not warn
 def test_a_variant_whose_runs_all_diverged_still_gets_tables_and_plots(runner, tmp_path):
     result, [folder] = compare(

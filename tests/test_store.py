@@ -26,6 +26,7 @@ from dl_lab.runs.store import (
     run_status,
     safe_name,
     set_aside,
+    temporary_beside,
     write_atomic,
 )
 
@@ -187,18 +188,45 @@ def test_report_folders_refuse_runs_and_files_the_tool_did_not_write(tmp_path):
         check_report_folder(mine / "table.md", names)
 
 
-def test_a_signal_in_a_deferred_section_waits_for_its_end():
+@pytest.fixture
+def installed_signals():
+    """dllab's signal handlers for the test, the defaults again after it."""
     signals.install()
-    try:
-        with pytest.raises(signals.Interrupted) as caught:
-            with signals.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                committed = True  # reached: the signal waited
-        assert committed and caught.value.signum == signal.SIGTERM
-        assert signals.exit_code() == 143
-        with pytest.raises(signals.Interrupted):
-            os.kill(os.getpid(), signal.SIGHUP)
-        assert signals.exit_code() == 129
-    finally:
-        for signum in signals.HANDLED:
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    yield
+    for signum in signals.HANDLED:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+def test_a_signal_in_a_deferred_section_waits_for_its_end(installed_signals):
+    with pytest.raises(signals.Interrupted) as caught:
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            committed = True  # reached: the signal waited
+    assert committed and caught.value.signum == signal.SIGTERM
+    assert signals.exit_code() == 143
+    with pytest.raises(signals.Interrupted):
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert signals.exit_code() == 129
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_an_interrupt_as_a_temporary_is_created_never_leaves_it_behind(
+    tmp_path, monkeypatch, folder, installed_signals
+):
+    """The signal lands just after mkstemp/mkdtemp made the file, before its name reaches the caller."""
+    import tempfile
+
+    made = []
+    for name in ("mkstemp", "mkdtemp"):
+        real = getattr(tempfile, name)
+
+        def creating_then_interrupted(*args, real=real, **kwargs):
+            made.append(real(*args, **kwargs))
+            os.kill(os.getpid(), signal.SIGINT)
+            return made[-1]
+
+        monkeypatch.setattr(tempfile, name, creating_then_interrupted)
+    with pytest.raises(signals.Interrupted):
+        with temporary_beside(tmp_path / "table.md", folder=folder):
+            pytest.fail("the block must not run: the interrupt came first")
+    assert made and list(tmp_path.iterdir()) == []

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,15 @@ from dl_lab.errors import ConfigError
 from dl_lab.runs import tensorboard
 from dl_lab.runs.comparison import read_plan
 from dl_lab.runs.records import RunSummary
-from dl_lab.runs.store import FOLDER_MODE, PLAN_FILE, make_folder, read_run_summary, run_status, safe_name
+from dl_lab.runs.store import (
+    FOLDER_MODE,
+    PLAN_FILE,
+    make_folder,
+    read_run_summary,
+    run_status,
+    safe_name,
+    temporary_beside,
+)
 
 
 @dataclass
@@ -90,8 +96,7 @@ def _why_not(run: Path, status: str | None, target: Path) -> str | None:
 
 def _export_run(run: Path, summary: RunSummary, status: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
+    with temporary_beside(target, folder=True) as staging:  # removed if the export fails or is interrupted
         events = tensorboard.EventLog(staging)
         for row in _rows(run / "pretrain_metrics.csv"):
             events.pretrain_epoch(int(row["layer"]), int(row["epoch"]), float(row["reconstruction_error"]))
@@ -103,9 +108,6 @@ def _export_run(run: Path, summary: RunSummary, status: str, target: Path) -> No
         )
         os.chmod(staging, FOLDER_MODE)  # mkdtemp makes 0700 folders
         os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # our own staging folder, never the target
-        raise
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

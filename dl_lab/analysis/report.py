@@ -9,7 +9,7 @@ import math
 import operator
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from dl_lab.runs.store import (
     report_outputs,
     write_atomic,
 )
+from dl_lab.signals import deferred
 
 METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
 OPERATORS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
@@ -272,7 +273,18 @@ def output_names() -> list[str]:
     return [*REPORT_FILES, *PLOT_NAMES]
 
 
-def write_report(
+@dataclass
+class ClaimedReport:
+    """A report whose summary.json is written (claiming its files); complete_report writes the rest."""
+
+    folder: Path
+    loaded: Loaded
+    rows: list[dict[str, Any]]
+    earlier: set[str]
+    summary: Callable[[Sequence[str], Sequence[str]], ComparisonSummary]
+
+
+def claim_report(
     folder: Path,
     loaded: Loaded,
     expectations: Sequence[Expectation],
@@ -280,9 +292,10 @@ def write_report(
     status: str,
     engine: str | None = None,
     compare_folder: Path | None = None,
-) -> ComparisonSummary:
-    """table.md, table.csv, summary.json and the PNG plots in ``folder`` (store.check_report_folder
-    says where that is allowed), each written atomically; returns the summary."""
+) -> ClaimedReport:
+    """Check ``folder`` (store.check_report_folder says where a report may go), compute the tables and
+    write summary.json first, claiming every file this report may write, so a report killed half-way
+    leaves files a later report recognises as its own and a status that is already true."""
     check_report_folder(folder, output_names(), compare_folder)
     earlier = report_outputs(folder) if folder.is_dir() else set()
     rows = table_rows(loaded.results, alpha if alpha is not None else 0.05)
@@ -294,14 +307,20 @@ def write_report(
         )
 
     make_folder(folder, "--out")
-    # summary.json first, claiming every file this report may write, so a report killed half-way
-    # leaves files a later report recognises as its own; rewritten at the end with what was written.
     write_atomic(folder / "summary.json", dump_json(summary([], output_names()).to_json_dict()))
+    return ClaimedReport(folder, loaded, rows, earlier, summary)
+
+
+def complete_report(claimed: ClaimedReport) -> ComparisonSummary:
+    """table.md, table.csv and the PNG plots, each written atomically, then summary.json again with
+    what was written; returns the summary."""
+    folder, rows = claimed.folder, claimed.rows
     write_atomic(folder / "table.md", markdown_table(rows))
     write_atomic(folder / "table.csv", csv_text(list(rows[0]), rows, digits=None))  # full precision: p-values
-    plots = [p.name for p in write_plots(loaded.results, folder)]
+    plots = [p.name for p in write_plots(claimed.loaded.results, folder)]
     # Files written by this report or an earlier one: a later report may overwrite exactly these.
-    final = summary(plots, sorted({*REPORT_FILES, *plots, *(n for n in earlier if (folder / n).exists())}))
+    kept = (n for n in claimed.earlier if (folder / n).exists())
+    final = claimed.summary(plots, sorted({*REPORT_FILES, *plots, *kept}))
     write_atomic(folder / "summary.json", dump_json(final.to_json_dict()))
     return final
 
@@ -329,7 +348,11 @@ def report_compare(
     interrupted: bool = False,
     engine: str | None = None,
 ) -> ComparisonSummary:
-    """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed."""
-    loaded = load_compare(folder)
-    status = "completed" if not loaded.unfinished else "interrupted" if interrupted else "failed"
-    return write_report(folder, loaded, expectations, alpha, status, engine, compare_folder=folder)
+    """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed.
+
+    A signal waits until summary.json holds that status: an interrupted report still leaves a true one."""
+    with deferred():
+        loaded = load_compare(folder)
+        status = "completed" if not loaded.unfinished else "interrupted" if interrupted else "failed"
+        claimed = claim_report(folder, loaded, expectations, alpha, status, engine, compare_folder=folder)
+    return complete_report(claimed)

@@ -156,6 +156,7 @@ def compare(
     """
     from rich.console import Console
 
+    from dl_lab import signals
     from dl_lab.analysis.report import output_names, parse_expectation, report_compare
     from dl_lab.cli.progress import progress_for
     from dl_lab.errors import ConfigError
@@ -171,6 +172,7 @@ def compare(
     from dl_lab.runs.comparison import create_compare_dir, set_aside_unfinished, survey
     from dl_lab.runs.locks import FolderLock
     from dl_lab.runs.store import check_report_folder, check_writable_folder
+    from dl_lab.signals import deferred
 
     runs_dir = folder_option(runs_dir)
 
@@ -212,38 +214,46 @@ def compare(
             found = survey(resume, plan)
             found.refuse_mismatched(resume, plan)
             check_report_folder(resume, output_names(), compare_folder=resume)
-            folder = resume
         else:
             found = None
-            folder, lock = create_compare_dir(
-                runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device}
-            )
-            held.callback(lock.release)
         todo = units_to_train(plan, found.done if found else frozenset())
-        if found is not None:
-            set_aside_unfinished(found)
         engine_text = describe_units(plan.engine, [unit for unit, _ in todo])
         recorded = sum(len(record) for _, record in todo)
         riding = sum(len(unit.runs) for unit, _ in todo) - recorded
-        typer.echo(
-            f"engine {engine_text}"
-            + (
-                f" ({riding} finished run(s) retrained unrecorded with their stack, "
-                "so the others' numbers are exactly those of an uninterrupted comparison)"
-                if riding
-                else ""
-            ),
-            err=True,
-        )
-        if ray_options is not None:
-            from dl_lab.experiments.ray_executor import run_compare_on_ray
+        folder, trained = resume, []
+        try:  # from the moment the folder is held, an interrupt anywhere still ends in a report saying so
+            if found is not None:
+                set_aside_unfinished(found)
+            else:
+                with deferred():  # the folder, its lock and its release are known together
+                    folder, lock = create_compare_dir(
+                        runs_dir, plan, {"names": names, "set": set_ or [], "vary": vary or [], "device": device}
+                    )
+                    held.callback(lock.release)
+            typer.echo(
+                f"engine {engine_text}"
+                + (
+                    f" ({riding} finished run(s) retrained unrecorded with their stack, "
+                    "so the others' numbers are exactly those of an uninterrupted comparison)"
+                    if riding
+                    else ""
+                ),
+                err=True,
+            )
+            if ray_options is not None:
+                from dl_lab.experiments.ray_executor import run_compare_on_ray
 
-            say = lambda line: typer.echo(line, err=True)  # noqa: E731
-            trained, interrupted = run_compare_on_ray(ray, folder, plan, todo, ray_options, say)
-        else:
-            devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
-            with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
-                trained, interrupted = run_compare(folder, plan, todo, data, progress)
+                say = lambda line: typer.echo(line, err=True)  # noqa: E731
+                trained, interrupted = run_compare_on_ray(ray, folder, plan, todo, ray_options, say)
+            else:
+                devices = ", ".join(sorted({str(device) for device, _ in data.values()}))
+                with progress_for(Console(stderr=True), sys.stderr, devices, total_runs=recorded) as progress:
+                    trained, interrupted = run_compare(folder, plan, todo, data, progress)
+        except KeyboardInterrupt as exc:  # outside the training loops, which catch their own
+            if folder is None:
+                raise
+            signals.note(exc)
+            interrupted = True
         summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
         render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded, wide=wide)
     status = summary.status

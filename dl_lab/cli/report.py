@@ -44,7 +44,7 @@ def report(
     or the folder is in use, 3 the comparison is incomplete (a run failed, was interrupted or is missing).
     """
     from dl_lab.analysis.load import load_compare, load_loose_runs
-    from dl_lab.analysis.report import output_names, parse_expectation, write_report
+    from dl_lab.analysis.report import claim_report, complete_report, output_names, parse_expectation
     from dl_lab.errors import ConfigError
     from dl_lab.runs.locks import FolderLock
     from dl_lab.runs.store import (
@@ -80,7 +80,9 @@ def report(
             make_folder(target, "--out")
             held.enter_context(FolderLock(target, "report folder"))
         status = "incomplete" if loaded.unfinished else "completed"
-        summary = write_report(target, loaded, expectations, alpha, status, compare_folder=compare_folder)
+        summary = complete_report(
+            claim_report(target, loaded, expectations, alpha, status, compare_folder=compare_folder)
+        )
         render_comparison(summary, target, json_, wide=wide)
     if loaded.unfinished:
         hint = f"; finish with dllab compare --resume {compare_folder}" if compare_folder else ""

@@ -220,18 +220,24 @@ def run_compare(
     folders = {run.key: run.folder for run in plan.runs}
     recorders: dict[str, CompareRecorder] = {}
     summaries: list[RunSummary] = []
-    for unit, record in todo:
-        configs = [plan.runs[i].config for i in unit.runs]
-        key = data_key(configs[0])
-        device, dataset = data[key]
-        if key not in recorders:
-            recorders[key] = CompareRecorder(folder, environment(device, dataset.root), folders)
-        done, interrupted = train_unit_into(
-            recorders[key], configs, unit.stacked, {plan.runs[i].key for i in record}, dataset, device, progress
-        )
-        summaries += done
-        if interrupted:
-            return summaries, True
+    try:
+        for unit, record in todo:
+            configs = [plan.runs[i].config for i in unit.runs]
+            key = data_key(configs[0])
+            device, dataset = data[key]
+            if key not in recorders:
+                recorders[key] = CompareRecorder(folder, environment(device, dataset.root), folders)
+            done, interrupted = train_unit_into(
+                recorders[key], configs, unit.stacked, {plan.runs[i].key for i in record}, dataset, device, progress
+            )
+            summaries += done
+            if interrupted:
+                return summaries, True
+    except KeyboardInterrupt:  # between units (or while probing the environment): nothing is left open
+        for recorder in recorders.values():
+            recorder.interrupted()
+            summaries += _take(recorder)
+        return summaries, True
     return summaries, False
 
 
@@ -255,7 +261,10 @@ def train_unit_into(
     except KeyboardInterrupt:
         recorder.interrupted()
         return _take(recorder), True
-    return _take(recorder), any(result.status == "interrupted" for result in results)
+    interrupted = any(result.status == "interrupted" for result in results)
+    if interrupted:  # a run whose start the interrupt cut short got no run_done: its folder is marked here
+        recorder.interrupted()
+    return _take(recorder), interrupted
 
 
 def _take(recorder: CompareRecorder) -> list[RunSummary]:

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from dl_lab.errors import ConfigError
 from dl_lab.runs.locks import holder, is_locked
 from dl_lab.runs.records import RunSummary, parse_report_files, parse_run_summary
+from dl_lab.signals import deferred
 
 STALE_FOLDER = ".stale"
 PLAN_FILE = "plan.json"
@@ -47,18 +49,34 @@ FOLDER_MODE = 0o777 & ~_umask()  # what mkdir gives a new folder
 
 
 @contextlib.contextmanager
+def temporary_beside(path: Path, folder: bool = False) -> Iterator[Path]:
+    """A new, private temporary file (or folder) beside ``path``, named ``.<name>.<random>.tmp``, and
+    removed if the block fails. It is created in a deferred section, so an interrupt can never land
+    between its creation and the moment its name is known (which would leave it behind)."""
+    made: Path | None = None
+    try:
+        with deferred():
+            if folder:
+                made = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+            else:
+                fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+                made = Path(name)
+                os.close(fd)
+        yield made
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True) if folder else made.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed over ``path`` when the block succeeds,
     removed when it fails. Readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
+    with temporary_beside(path) as tmp:
+        yield tmp
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_atomic(path: Path, text: str) -> None:
