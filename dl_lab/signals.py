@@ -40,12 +40,16 @@ def _handler(signum: int, frame: object) -> None:
 
 
 def install() -> None:
-    """Route SIGINT, SIGTERM and SIGHUP to Interrupted (main thread only; a no-op elsewhere)."""
+    """Route SIGINT, SIGTERM and SIGHUP to Interrupted (main thread only; a no-op elsewhere).
+
+    A signal this process was started ignoring stays ignored, as the one who started it meant:
+    `nohup dllab ...` ignores SIGHUP, and a shell ignores SIGINT for a job it put in the background."""
     if threading.current_thread() is not threading.main_thread():
         return
     _state.update(received=None, depth=0, pending=None)  # one command per install (tests run several in a process)
     for signum in HANDLED:
-        signal.signal(signum, _handler)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _handler)
 
 
 def exit_code(default: int = signal.SIGINT) -> int:

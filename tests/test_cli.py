@@ -227,6 +227,27 @@ def test_the_process_exits_with_the_commands_code_after_flushing_and_atexit():
     assert done.stdout == "bufferedatexit ran\n"
 
 
+def test_a_signal_while_exiting_or_starting_ends_quietly():
+    """At exit the work is written: a signal ends the exit at once, with no traceback from an atexit
+    handler it interrupted. While starting, before any command handles it, Ctrl-C exits 130 quietly."""
+    exiting = (
+        "import atexit, os, signal, sys\nfrom dl_lab.cli.app import main\n"
+        "atexit.register(lambda: print('second handler ran'))\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), print('after the signal')))\n"
+        "sys.argv = ['dllab', 'config', 'show', '-c', 'relu']\nmain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", exiting], capture_output=True, text=True)
+    assert done.returncode == 143 and "model:" in done.stdout, done.stderr
+    assert "after the signal" not in done.stdout and "Traceback" not in done.stderr
+    starting = (
+        "import os, signal, sys\nimport dl_lab.cli.pipes as pipes\n"
+        "pipes.PipeSafe = lambda stream: os.kill(os.getpid(), signal.SIGINT)\n"
+        "from dl_lab.cli.app import main\nsys.argv = ['dllab', 'config', 'show', '-c', 'relu']\nmain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", starting], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "interrupted\n")
+
+
 def test_python_dash_m_runs_the_app():
     result = subprocess.run([sys.executable, "-m", "dl_lab", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout and "compare" in result.stdout

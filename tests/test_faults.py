@@ -189,6 +189,35 @@ def test_train_ends_interrupted_on_every_catchable_signal(tmp_path, signum):
     assert not (run / ".lock").exists() and "Traceback" not in err
 
 
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    """`nohup dllab ...` ignores SIGHUP and a shell ignores SIGINT for a background job: dllab keeps
+    their wish and trains on; SIGTERM, which it was not told to ignore, still ends the run."""
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "train": {"epochs": 100000}}))
+    runs = tmp_path / "runs"
+
+    def ignore_hangups_and_interrupts() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = dllab("train", "-c", str(config), "--runs-dir", str(runs), preexec_fn=ignore_hangups_and_interrupts)
+    epochs = lambda: len(next(iter(runs.glob("*/metrics.csv"))).read_text().splitlines()) - 1  # noqa: E731
+    deadline = time.monotonic() + 60
+    while not (list(runs.glob("*/metrics.csv")) and epochs() >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGHUP)
+    process.send_signal(signal.SIGINT)
+    before = epochs()
+    while epochs() < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None and epochs() >= before + 2  # still training after both signals
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    [summary] = runs.glob("*/summary.json")
+    assert json.loads(summary.read_text())["status"] == "interrupted"
+
+
 def test_a_killed_train_run_reads_interrupted_and_report_says_so(tmp_path):
     config = tmp_path / "fast.yaml"
     config.write_text(yaml.safe_dump({**FAST, "train": {"epochs": 100000}}))

@@ -49,14 +49,17 @@ export_app.command("tensorboard")(user_errors()(export.export_tensorboard))
 
 
 def main() -> None:
-    from dl_lab.cli.pipes import PipeSafe
-
-    # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
-    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
     try:
+        from dl_lab.cli.pipes import PipeSafe
+
+        # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
+        sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
         app()
     except SystemExit as done:  # how every command ends (typer, typer.Exit); a crash keeps Python's own exit
         exit_now(done.code)
+    except KeyboardInterrupt:  # Ctrl-C while starting, before a command handles it: no traceback
+        print("interrupted", file=sys.stderr)
+        exit_now(130)
 
 
 def exit_now(code: int | str | None) -> None:
@@ -65,10 +68,16 @@ def exit_now(code: int | str | None) -> None:
     atexit handlers run and output is flushed first; files the commands write are closed by then."""
     import atexit
     import os
+    import signal
+
+    from dl_lab.signals import HANDLED
 
     if isinstance(code, str):  # SystemExit("message"): printed, exit status 1
         print(code, file=sys.stderr)
         code = 1
+    for signum in HANDLED:  # the work is done and written: a signal now ends the exit at once, quietly
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, lambda received, frame: os._exit(128 + received))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # PipeSafe: a reader that went away is not an error
