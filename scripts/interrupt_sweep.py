@@ -6,6 +6,8 @@ in tests/test_faults.py send a signal at random *times* (and mostly land in trai
 
     python scripts/interrupt_sweep.py --every 100            # a small compare, every 100th line
     python scripts/interrupt_sweep.py --every 50 -- train -c configs/relu.yaml --set data.dataset=synthetic ...
+    python scripts/interrupt_sweep.py --copy runs/compare-X --every 50 -- compare --resume {copy}
+    python scripts/interrupt_sweep.py --copy runs/compare-X --every 50 -- report {copy} --out {runs}/report
 
 Each point is a fresh process that counts line events in dl_lab (sys.settrace) and sends itself the
 signal at line N. Line 1, `try:` in cli/app.main, is left out: a signal there arrives before main runs
@@ -60,9 +62,17 @@ main()
 """
 
 
-def run_point(n: int, signum: int, args: list[str], runs: Path) -> subprocess.CompletedProcess:
+def run_point(n: int, signum: int, args: list[str], runs: Path, copy: Path | None) -> subprocess.CompletedProcess:
+    """One point: with ``copy``, a fresh copy of that folder goes into ``runs`` and {copy} and {runs} in
+    the command name the copy and ``runs``; without it, ``--runs-dir runs`` is added to the command."""
+    if copy is None:
+        args = [*args, "--runs-dir", str(runs)]
+    else:
+        runs.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(copy, runs / copy.name, symlinks=True)
+        args = [arg.replace("{copy}", str(runs / copy.name)).replace("{runs}", str(runs)) for arg in args]
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(n), str(signum), *args, "--runs-dir", str(runs)],
+        [sys.executable, "-c", CHILD, str(n), str(signum), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -88,18 +98,21 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=100, help="interrupt at lines 2, 2+EVERY, 2+2*EVERY, ...")
     parser.add_argument("--signal", default="SIGINT", choices=["SIGINT", "SIGTERM", "SIGHUP"])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--copy", type=Path, help="a folder copied afresh for every point; {copy} in the command names the copy"
+    )
     parser.add_argument("command", nargs="*", help="the dllab command (default: a small synthetic compare)")
     options = parser.parse_args()
     signum = int(getattr(signal, options.signal))
     args = options.command or SMALL_COMPARE
     work = Path(tempfile.mkdtemp(prefix="dllab-sweep-"))
-    counted = run_point(0, signum, args, work / "count")
+    counted = run_point(0, signum, args, work / "count", options.copy)
     total = int(counted.stderr.rsplit("lines ", 1)[-1].split()[0])
     print(f"{' '.join(args)}: {total} lines of dl_lab code; {options.signal} at every {options.every}th", flush=True)
 
     def point(n: int) -> tuple[int, subprocess.CompletedProcess, list[str]]:
         runs = work / str(n)
-        done = run_point(n, signum, args, runs)
+        done = run_point(n, signum, args, runs, options.copy)
         found = problems(done, signum, runs)
         if not found:
             shutil.rmtree(runs, ignore_errors=True)

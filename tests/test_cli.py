@@ -246,6 +246,13 @@ def test_a_signal_while_exiting_or_starting_ends_quietly():
     )
     done = subprocess.run([sys.executable, "-c", starting], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "interrupted\n")
+    between = (  # the signal lands as the command has ended, before exit_now has taken the signals over
+        "import os, signal, sys\nimport dl_lab.cli.app as cli\nexit_now = cli.exit_now\n"
+        "def late(code):\n    cli.exit_now = exit_now\n    os.kill(os.getpid(), signal.SIGTERM)\n    exit_now(code)\n"
+        "cli.exit_now = late\nsys.argv = ['dllab', 'config', 'show', '-c', 'relu']\ncli.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", between], capture_output=True, text=True)
+    assert done.returncode == 143 and "model:" in done.stdout and "Traceback" not in done.stderr, done.stderr
 
 
 def test_python_dash_m_runs_the_app():

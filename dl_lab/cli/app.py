@@ -6,12 +6,15 @@ pydantic) happen inside commands so that `dllab --help` stays instant.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import typer
 
 from dl_lab.cli import compare, config, export, report, runs, train
 from dl_lab.cli.common import user_errors
+from dl_lab.signals import HANDLED
 
 app = typer.Typer(
     name="dllab",
@@ -50,35 +53,40 @@ export_app.command("tensorboard")(user_errors()(export.export_tensorboard))
 
 def main() -> None:
     try:
-        from dl_lab.cli.pipes import PipeSafe
+        try:
+            from dl_lab.cli.pipes import PipeSafe
 
-        # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
-        sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
-        app()
-    except SystemExit as done:  # how every command ends (typer, typer.Exit); a crash keeps Python's own exit
-        exit_now(done.code)
-    except KeyboardInterrupt:  # Ctrl-C while starting, before a command handles it: no traceback
-        print("interrupted", file=sys.stderr)
-        exit_now(130)
+            # A closed pipe or terminal drops output instead of stopping a run (see PipeSafe).
+            sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+            app()
+        except SystemExit as done:  # how every command ends (typer, typer.Exit); a crash keeps Python's own exit
+            exit_now(done.code)
+        except KeyboardInterrupt:  # Ctrl-C while starting, before a command handles it: no traceback
+            print("interrupted", file=sys.stderr)
+            exit_now(130)
+    except KeyboardInterrupt:  # a signal in the instant between the command's end and exit_now taking over
+        from dl_lab import signals
+
+        exit_now(signals.exit_code())
 
 
 def exit_now(code: int | str | None) -> None:
     """End the process as SystemExit(code) would, without the interpreter's teardown of every module:
     with torch loaded that takes 0.5-1.3 s after the command's work is done (bench/compare_breakdown.py).
     atexit handlers run and output is flushed first; files the commands write are closed by then."""
+    for signum in HANDLED:  # first: the work is done and written,
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # so a signal now ends the exit at once, quietly
+            signal.signal(signum, _exit_at_once)
     import atexit
-    import os
-    import signal
-
-    from dl_lab.signals import HANDLED
 
     if isinstance(code, str):  # SystemExit("message"): printed, exit status 1
         print(code, file=sys.stderr)
         code = 1
-    for signum in HANDLED:  # the work is done and written: a signal now ends the exit at once, quietly
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, lambda received, frame: os._exit(128 + received))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # PipeSafe: a reader that went away is not an error
     os._exit(0 if code is None else code)
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
