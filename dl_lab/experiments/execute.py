@@ -258,11 +258,10 @@ def train_unit_into(
             results = train_batched(configs, dataset, device, observer)
         else:
             results = [train(configs[0], dataset, device, observer)]
+        interrupted = any(result.status == "interrupted" for result in results)
     except KeyboardInterrupt:
-        recorder.interrupted()
-        return _take(recorder), True
-    interrupted = any(result.status == "interrupted" for result in results)
-    if interrupted:  # a run whose start the interrupt cut short got no run_done: its folder is marked here
+        interrupted = True
+    if interrupted:  # runs still open (set up, or cut short as they started) are marked interrupted
         recorder.interrupted()
     return _take(recorder), interrupted
 
