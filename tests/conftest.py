@@ -48,12 +48,41 @@ def fast_config(write_config) -> Path:
     return write_config(FAST, "fast")
 
 
+@pytest.fixture(scope="session")
+def session_tensor_cache(tmp_path_factory) -> Path:
+    """One decoded-dataset cache for the whole session (MNIST is decoded once, not once per test)."""
+    return tmp_path_factory.mktemp("decoded")
+
+
 @pytest.fixture(autouse=True)
-def _cpu_and_data_env(monkeypatch):
-    """Point the tool at the real MNIST when present and keep runs from touching the repository."""
+def _cpu_and_data_env(monkeypatch, session_tensor_cache):
+    """Point the tool at the real MNIST when present, and its dataset cache at a temporary folder
+    rather than the user's ~/.cache."""
     monkeypatch.setenv("DLLAB_DATA_DIR", str(MNIST_ROOT))
+    monkeypatch.setenv("DLLAB_CACHE_DIR", str(session_tensor_cache))
 
 
 def sets(*assignments: str) -> list[str]:
     """--set arguments: sets("device=cpu", "train.epochs=1") -> ["--set", "device=cpu", "--set", "train.epochs=1"]."""
     return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+def write_idx(path: Path, array) -> None:
+    """An idx file of unsigned bytes, as the MNIST files are (``array``: a torch tensor)."""
+    import torch
+
+    header = bytes([0, 0, 8, array.dim()]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def small_mnist(root: Path, folder: str = "MNIST", train: int = 50, test: int = 20) -> Path:
+    """Four idx files of random images and labels 0..9 in turn, under root/folder/raw."""
+    import torch
+
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", torch.arange(n) % 10)
+    return raw

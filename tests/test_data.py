@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MNIST_ROOT, needs_mnist
+from conftest import MNIST_ROOT, needs_mnist, small_mnist, write_idx
 
 from dl_lab.components.datasets import DataRoot, load_dataset, resolve_data_root
 from dl_lab.config.schema import DataConfig
@@ -68,22 +68,6 @@ def test_real_mnist_loads_into_tensors_with_the_usual_statistics():
     assert data.train.x.mean().item() == pytest.approx(0.1307, abs=2e-4)
     assert data.train.x.std().item() == pytest.approx(0.3081, abs=3e-4)
     assert data.train.y[:5].tolist() == [5, 0, 4, 1, 9]
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """An idx file of unsigned bytes, as the MNIST files are."""
-    header = bytes([0, 0, 8, array.dim()]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
-    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def small_mnist(root: Path, folder: str = "MNIST", train: int = 50, test: int = 20) -> Path:
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", train), ("t10k", test)):
-        write_idx(raw / f"{split}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=gen))
-        write_idx(raw / f"{split}-labels-idx1-ubyte", torch.arange(n) % 10)
-    return raw
 
 
 @pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])

@@ -188,3 +188,22 @@ def test_a_node_lost_mid_grid_is_retried_elsewhere_and_nothing_is_lost_or_duplic
     assert worker not in nodes  # the lost node's runs were retrained on the head
     stale = list((folder / ".stale").glob("*")) if (folder / ".stale").exists() else []
     assert stale, "the lost attempt's unfinished run folders are kept aside, not deleted"
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({}, {}),
+        ({"DLLAB_CACHE_DIR": "off"}, {"DLLAB_CACHE_DIR": "off"}),
+        ({"DLLAB_DATA_DIR": "data", "DLLAB_CACHE_DIR": "c"}, {"DLLAB_DATA_DIR": "{cwd}/data", "DLLAB_CACHE_DIR": "{cwd}/c"}),
+    ],
+)
+def test_workers_get_the_data_and_cache_folders_as_absolute_paths(monkeypatch, environ, expected):
+    from dl_lab.experiments import ray_executor
+
+    seen = {}
+    fake = type("FakeRay", (), {"init": staticmethod(lambda **kwargs: seen.update(kwargs))})
+    monkeypatch.setattr(ray_executor, "import_ray", lambda: fake)
+    ray_executor.connect(ray_executor.RayOptions(), environ)
+    cwd = str(Path.cwd().resolve())
+    assert seen["runtime_env"]["env_vars"] == {k: v.format(cwd=cwd) for k, v in expected.items()}

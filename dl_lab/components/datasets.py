@@ -2,20 +2,23 @@
 
 No per-sample PIL/ToTensor and no DataLoader: the four idx files are read directly when they are
 there (torchvision, whose import alone costs over a second, is used only to download and extract
-them), then the whole split is converted in one tensor operation. Training batches are index
-slices of these tensors (see engine).
+them), then the whole split is converted in one tensor operation and kept in a memory-mapped cache
+(``tensor_cache``) for the next process. Training batches are index slices of these tensors (see
+engine).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dl_lab.components import tensor_cache
 from dl_lab.components.registry import Registry
 from dl_lab.config import choices
 from dl_lab.errors import DataError
@@ -108,12 +111,8 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*sizes)
 
 
-def _read_raw(raw: Path) -> RawSplits | None:
-    """The four uncompressed idx files of an MNIST-format dataset, read directly (no torchvision
-    import, which costs more than reading them); None when any is missing."""
-    paths = [raw / name for name in IDX_FILES]
-    if not all(path.is_file() for path in paths):
-        return None
+def _decode_idx(raw: Path, paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Parse and check the four idx files, then convert: what the tensor cache keeps."""
     train_x, train_y, test_x, test_y = (read_idx(path, 3 if "images" in path.name else 1) for path in paths)
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         largest = int(labels.max()) if len(labels) else None
@@ -123,12 +122,28 @@ def _read_raw(raw: Path) -> RawSplits | None:
                 f"{largest}) do not make an MNIST-format split of 28x28 images with labels 0-9",
                 key="data.dataset",
             )
-    return RawSplits(train_x, train_y, test_x, test_y, 10)
+    return {
+        "train_x": _as_features(train_x),
+        "train_y": train_y.long(),
+        "test_x": _as_features(test_x),
+        "test_y": test_y.long(),
+    }
+
+
+def _read_raw(raw: Path, name: str) -> RawSplits | None:
+    """The four uncompressed idx files of an MNIST-format dataset, read directly (no torchvision
+    import, which costs more than reading them) or mapped from the decoded-tensor cache; None when
+    any is missing."""
+    paths = [raw / file for file in IDX_FILES]
+    if not all(path.is_file() for path in paths):
+        return None
+    arrays = tensor_cache.cached(name, paths, lambda: _decode_idx(raw, paths), os.environ)
+    return RawSplits(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], 10)
 
 
 def _torchvision_splits(cls_name: str, folder: str) -> DatasetBuilder:
     def build(root: DataRoot, download: bool) -> RawSplits:
-        read = _read_raw(root.path / folder / "raw")
+        read = _read_raw(root.path / folder / "raw", folder)
         if read is not None:
             return read
         from torchvision import datasets  # finds, downloads and extracts the files

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dl_lab.components import tensor_cache
 from dl_lab.components.datasets import DATASETS, ENV_DATA_DIR, resolve_data_root
+from dl_lab.components.tensor_cache import ENV_CACHE_DIR
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.scheduling import data_key
 from dl_lab.runs.comparison import ComparePlan, Unit
@@ -54,11 +56,15 @@ def import_ray() -> Any:
 
 def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     """Join the cluster at --address or $RAY_ADDRESS, else start a local Ray instance; workers get
-    $DLLAB_DATA_DIR through Ray's runtime env."""
+    $DLLAB_DATA_DIR and $DLLAB_CACHE_DIR through Ray's runtime env."""
     ray = import_ray()
-    env_vars = (
-        {ENV_DATA_DIR: str(Path(environ[ENV_DATA_DIR]).expanduser().resolve())} if environ.get(ENV_DATA_DIR) else {}
-    )
+    env_vars = {
+        name: str(Path(environ[name]).expanduser().resolve())
+        for name in (ENV_DATA_DIR, ENV_CACHE_DIR)
+        if environ.get(name)
+    }
+    if tensor_cache.cache_dir(environ) is None:
+        env_vars[ENV_CACHE_DIR] = tensor_cache.OFF
     address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(

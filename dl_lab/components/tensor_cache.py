@@ -1,0 +1,190 @@
+"""A memory-mapped cache of decoded datasets, checked against its source files and its own checksums.
+
+Decoding MNIST (parse the idx files, convert 47 M pixels to float32) is done once; later processes
+map the float tensors straight from the cache file (``MAP_PRIVATE``: pages come from the OS page
+cache, shared between processes such as Ray workers, and a write to a tensor never reaches the file).
+
+A cache file is served only when
+- its header says it was decoded from the same source files: same resolved path, size, mtime, ctime,
+  inode and device (any write to a file changes its ctime, which no user command can set back), by
+  the same decoding (``DECODING``); and
+- every array's CRC-32s (one per 16 MiB) match, and the header's own CRC-32 matches (a damaged or truncated file is
+  rebuilt, never trusted).
+
+Otherwise the data is decoded from the sources and the cache file is replaced atomically. The cache
+is an optimisation only: a cache folder that cannot be written, or a full disk, costs the speed-up
+and nothing else.
+
+Layout: ``DLLABTC1`` | header length (u32 LE) | header CRC-32 (u32 LE) | header JSON | arrays, each at
+an offset aligned to 4096 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dl_lab.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+ENV_CACHE_DIR = "DLLAB_CACHE_DIR"
+OFF = "off"
+MAGIC = b"DLLABTC1"
+PREFIX = struct.Struct("<8sII")  # magic, header length, header CRC-32
+ALIGN = 4096
+CRC_CHUNK = 1 << 24  # checksummed in 16 MiB pieces, in parallel
+# Bump when what is cached changes (dtype, scaling, shape), so older cache files are not served.
+DECODING = "idx uint8 images -> float32 /255, (N, H*W); labels int64; v1"
+
+
+def cache_dir(environ: Mapping[str, str]) -> Path | None:
+    """$DLLAB_CACHE_DIR, ``off`` to disable, else ``$XDG_CACHE_HOME/dl_lab/decoded`` (~/.cache)."""
+    chosen = environ.get(ENV_CACHE_DIR)
+    if chosen is not None and chosen.strip().lower() == OFF:
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dl_lab" / "decoded"
+
+
+def source_identity(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """What a cache entry was decoded from: enough to notice any change to any source file."""
+    identity = []
+    for path in paths:
+        stat = path.stat()
+        identity.append(
+            {
+                "path": str(path.resolve()),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "ctime_ns": stat.st_ctime_ns,
+                "inode": stat.st_ino,
+                "device": stat.st_dev,
+            }
+        )
+    return identity
+
+
+def entry_path(folder: Path, name: str, sources: Sequence[Path]) -> Path:
+    """One cache file per dataset and source folder: a changed source replaces it, never adds one."""
+    where = hashlib.sha1("\n".join(str(p.resolve().parent) for p in sources).encode()).hexdigest()[:16]
+    return folder / f"{name}-{where}.tensors"
+
+
+def _chunk_crcs(views: Sequence[memoryview]) -> list[list[int]]:
+    """CRC-32 of every CRC_CHUNK bytes of each view, computed on all cores (zlib releases the GIL)."""
+    chunks = [
+        (i, view[start : start + CRC_CHUNK]) for i, view in enumerate(views) for start in range(0, len(view), CRC_CHUNK)
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        crcs = list(pool.map(zlib.crc32, (chunk for _, chunk in chunks)))
+    per_view: list[list[int]] = [[] for _ in views]
+    for (i, _), crc in zip(chunks, crcs):
+        per_view[i].append(crc)
+    return per_view
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    return memoryview(tensor.contiguous().numpy()).cast("B")
+
+
+def write_entry(path: Path, arrays: Mapping[str, torch.Tensor], sources: list[dict[str, Any]]) -> None:
+    """Write ``arrays`` and the sources' identity to ``path`` (atomically: readers see all or nothing)."""
+    views = {name: _bytes_of(tensor) for name, tensor in arrays.items()}
+    crcs = dict(zip(views, _chunk_crcs(list(views.values()))))
+    entries, offset = [], 0
+    for name, tensor in arrays.items():
+        entries.append(
+            {
+                "name": name,
+                "dtype": str(tensor.dtype).removeprefix("torch."),
+                "shape": list(tensor.shape),
+                "offset": offset,  # from the start of the data section
+                "nbytes": len(views[name]),
+                "crc32": crcs[name],  # one per CRC_CHUNK bytes
+            }
+        )
+        offset += len(views[name])
+        offset += -offset % ALIGN
+    header = json.dumps({"decoding": DECODING, "sources": sources, "arrays": entries}).encode()
+    data_start = -(-(PREFIX.size + len(header)) // ALIGN) * ALIGN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(PREFIX.pack(MAGIC, len(header), zlib.crc32(header)) + header)
+        for entry in entries:
+            handle.seek(data_start + entry["offset"])
+            handle.write(views[entry["name"]])
+        handle.truncate(data_start + entries[-1]["offset"] + entries[-1]["nbytes"] if entries else data_start)
+
+
+def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
+    """The arrays of a cache file, memory-mapped; None unless it is whole, unchanged and decoded from
+    exactly ``sources`` by today's ``DECODING``."""
+    import torch
+
+    try:
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE
+    except (OSError, ValueError):  # missing, unreadable, empty
+        return None
+    try:
+        magic, length, header_crc = PREFIX.unpack_from(mapped, 0)
+        header_bytes = mapped[PREFIX.size : PREFIX.size + length]
+        if magic != MAGIC or len(header_bytes) != length or zlib.crc32(header_bytes) != header_crc:
+            return None
+        header = json.loads(header_bytes)
+        if header.get("decoding") != DECODING or header.get("sources") != sources:
+            return None
+        data_start = -(-(PREFIX.size + length) // ALIGN) * ALIGN
+        view, arrays, places = memoryview(mapped), {}, []
+        for entry in header["arrays"]:
+            start, dtype, count = (
+                data_start + entry["offset"],
+                getattr(torch, entry["dtype"]),
+                math.prod(entry["shape"]),
+            )
+            if count * dtype.itemsize != entry["nbytes"] or start + entry["nbytes"] > len(mapped):
+                return None
+            places.append(view[start : start + entry["nbytes"]])
+            arrays[entry["name"]] = (
+                torch.frombuffer(mapped, dtype=dtype, count=count, offset=start).view(entry["shape"])
+                if count
+                else torch.empty(entry["shape"], dtype=dtype)  # frombuffer refuses zero elements
+            )
+        end = max((data_start + entry["offset"] + entry["nbytes"] for entry in header["arrays"]), default=data_start)
+        if len(mapped) != end or _chunk_crcs(places) != [entry["crc32"] for entry in header["arrays"]]:
+            return None
+        return arrays
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, RuntimeError):  # damaged header
+        return None
+
+
+def cached(
+    name: str, sources: Sequence[Path], decode: Callable[[], dict[str, torch.Tensor]], environ: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """``decode()``'s arrays, from the cache when it holds them for these exact ``sources``; decoded
+    and written to the cache otherwise (a cache that cannot be written is skipped)."""
+    folder = cache_dir(environ)
+    if folder is None:
+        return decode()
+    identity = source_identity(sources)
+    path = entry_path(folder, name, sources)
+    arrays = read_entry(path, identity)
+    if arrays is not None:
+        return arrays
+    arrays = decode()
+    with contextlib.suppress(OSError):  # read-only or full disk: decoding again next time is the only cost
+        write_entry(path, arrays, identity)
+    return arrays

@@ -1,0 +1,233 @@
+"""The decoded-dataset cache: served only for the exact source files it was decoded from, and only
+when every checksum holds; anything else is decoded again and the cache file replaced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import child_env, small_mnist, write_idx
+
+from dl_lab.components import datasets, tensor_cache
+from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.config.schema import DataConfig
+
+CPU = torch.device("cpu")
+CONFIG = DataConfig(dataset="mnist", download=False)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("DLLAB_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[Path]:
+    """The idx files read from their source, in order (a cache hit reads none)."""
+    read: list[Path] = []
+    original = datasets.read_idx
+
+    def counting(path: Path, ndim: int) -> torch.Tensor:
+        read.append(path)
+        return original(path, ndim)
+
+    monkeypatch.setattr(datasets, "read_idx", counting)
+    return read
+
+
+def load(root: Path) -> datasets.Dataset:
+    return load_dataset(CONFIG, DataRoot(root, "test"), CPU)
+
+
+def cache_file(cache: Path) -> Path:
+    (only,) = cache.iterdir()
+    return only
+
+
+def fresh(root: Path, monkeypatch) -> datasets.Dataset:
+    """The same dataset decoded with the cache switched off: what every load must equal."""
+    with monkeypatch.context() as patch:
+        patch.setenv("DLLAB_CACHE_DIR", "off")
+        return load(root)
+
+
+def assert_same(a: datasets.Dataset, b: datasets.Dataset) -> None:
+    for split_a, split_b in ((a.train, b.train), (a.test, b.test)):
+        assert torch.equal(split_a.x, split_b.x) and split_a.x.dtype == torch.float32
+        assert torch.equal(split_a.y, split_b.y) and split_a.y.dtype == torch.int64
+
+
+def test_the_second_load_maps_the_cache_and_reads_no_source_file(tmp_path, cache, decodes, monkeypatch):
+    small_mnist(tmp_path)
+    first = load(tmp_path)
+    assert len(decodes) == 4 and cache_file(cache).name.startswith("MNIST-")
+    second = load(tmp_path)
+    assert len(decodes) == 4  # nothing parsed again
+    assert_same(first, second)
+    assert_same(second, fresh(tmp_path, monkeypatch))
+    assert second.train.y.tolist() == [i % 10 for i in range(50)]
+
+
+def test_writing_to_a_mapped_tensor_never_reaches_the_cache_file(tmp_path, cache, decodes, monkeypatch):
+    small_mnist(tmp_path)
+    load(tmp_path)
+    mapped = load(tmp_path)
+    mapped.train.x.add_(1.0)  # copy-on-write: this process's pages only
+    mapped.train.y.zero_()
+    assert len(decodes) == 4
+    again = load(tmp_path)
+    assert len(decodes) == 4, "the cache file changed, so its checksums failed"
+    assert_same(again, fresh(tmp_path, monkeypatch))
+
+
+def _same_size_and_mtime(path: Path, change) -> None:
+    """Rewrite ``path`` in place with ``change(bytes)``, keeping its size and setting its mtime back."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    change(data)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def _replace_by_copy(path: Path, change) -> None:
+    """A new file (new inode) renamed over ``path``, with the old mtime (as ``cp -p`` + ``mv`` would)."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    change(data)
+    new = path.with_name(path.name + ".new")
+    new.write_bytes(bytes(data))
+    os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(new, path)
+
+
+@pytest.mark.parametrize("modify", [_same_size_and_mtime, _replace_by_copy], ids=["in place, mtime reset", "replaced"])
+def test_a_modified_source_file_is_detected_and_re_read(tmp_path, cache, decodes, modify, monkeypatch):
+    raw = small_mnist(tmp_path)
+    load(tmp_path)
+    load(tmp_path)
+    assert len(decodes) == 4
+
+    def relabel(data: bytearray) -> None:
+        data[8 + 3] = 7  # the 4th training label: 3 -> 7
+
+    modify(raw / "train-labels-idx1-ubyte", relabel)
+    changed = load(tmp_path)
+    assert len(decodes) == 8, "the changed source was not re-read"
+    assert changed.train.y[:5].tolist() == [0, 1, 2, 7, 4]
+    assert_same(changed, fresh(tmp_path, monkeypatch))
+    assert len(list(cache.iterdir())) == 1, "the cache file is replaced, not joined by a second"
+    assert_same(load(tmp_path), changed) and len(decodes) == 8  # and the new decoding is cached
+
+
+def _flip(offset_from_end: int):
+    def damage(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        data[len(data) - offset_from_end] ^= 0x01  # one bit
+        path.write_bytes(bytes(data))
+
+    return damage
+
+
+def _header_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[tensor_cache.PREFIX.size + 5] ^= 0x01  # inside the JSON header
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+DAMAGES = {
+    "one bit of the test labels": _flip(1),
+    "one bit of the first training image": None,  # filled in below: needs the file's layout
+    "one bit of the header": _header_byte,
+    "truncated": _truncate,
+    "empty": lambda path: path.write_bytes(b""),
+    "not a cache file": lambda path: path.write_bytes(b"PK\x03\x04" + bytes(5000)),
+}
+
+
+def _first_image_bit(path: Path) -> None:
+    mapped = path.read_bytes()
+    _, length, _ = tensor_cache.PREFIX.unpack_from(mapped, 0)
+    data_start = -(-(tensor_cache.PREFIX.size + length) // tensor_cache.ALIGN) * tensor_cache.ALIGN
+    data = bytearray(mapped)
+    data[data_start + 400] ^= 0x40  # a low mantissa bit of pixel 100: a value off by a few ulps
+    path.write_bytes(bytes(data))
+
+
+DAMAGES["one bit of the first training image"] = _first_image_bit
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES.values()), ids=list(DAMAGES))
+def test_a_corrupted_cache_file_is_rebuilt_never_trusted(tmp_path, cache, decodes, damage, monkeypatch):
+    small_mnist(tmp_path)
+    load(tmp_path)
+    damage(cache_file(cache))
+    rebuilt = load(tmp_path)
+    assert len(decodes) == 8, "the damaged cache was served"
+    assert_same(rebuilt, fresh(tmp_path, monkeypatch))
+    assert_same(load(tmp_path), rebuilt) and len(decodes) == 8  # the cache file was rewritten whole
+
+
+def test_a_cache_from_another_decoding_is_not_served(tmp_path, cache, decodes, monkeypatch):
+    small_mnist(tmp_path)
+    load(tmp_path)
+    monkeypatch.setattr(tensor_cache, "DECODING", tensor_cache.DECODING + " (changed)")
+    load(tmp_path)
+    assert len(decodes) == 8
+
+
+def test_off_writes_nothing_and_an_unwritable_cache_costs_only_the_speed_up(tmp_path, monkeypatch, decodes):
+    small_mnist(tmp_path)
+    expected = fresh(tmp_path, monkeypatch)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DLLAB_CACHE_DIR", str(blocker / "cache"))  # mkdir fails: NotADirectoryError
+    assert_same(load(tmp_path), expected)
+    assert_same(load(tmp_path), expected)
+    assert len(decodes) == 12 and blocker.read_text() == "not a folder"
+
+
+def test_a_full_disk_while_writing_leaves_no_partial_cache_file(tmp_path, cache):
+    """RLIMIT_FSIZE makes a write fail with EFBIG part way, as a full disk fails with ENOSPC."""
+    small_mnist(tmp_path)
+    code = (
+        "import resource, signal, torch\n"
+        "from pathlib import Path\n"
+        "from dl_lab.components.datasets import DataRoot, load_dataset\n"
+        "from dl_lab.config.schema import DataConfig\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))\n"
+        f"data = load_dataset(DataConfig(download=False), DataRoot(Path({str(tmp_path)!r}), 't'), torch.device('cpu'))\n"
+        "print(data.train.y[:12].tolist(), len(data.test))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("]")[0] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1" and done.stdout.split()[-1] == "20"
+    assert not list(cache.iterdir()), "a partial cache file or temporary was left"
+
+
+def test_each_source_folder_has_its_own_cache_file(tmp_path, cache, decodes):
+    small_mnist(tmp_path / "a")
+    raw_b = small_mnist(tmp_path / "b")
+    write_idx(raw_b / "t10k-labels-idx1-ubyte", torch.full((20,), 9))
+    a, b = load(tmp_path / "a"), load(tmp_path / "b")
+    assert len(list(cache.iterdir())) == 2
+    assert a.test.y.tolist() != b.test.y.tolist() and b.test.y.tolist() == [9] * 20
+    assert load(tmp_path / "a").test.y.tolist() == a.test.y.tolist() and len(decodes) == 8
+
+
+def test_the_cache_folder_defaults_to_the_user_cache_and_off_disables_it(tmp_path):
+    assert tensor_cache.cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "dl_lab" / "decoded"
+    assert tensor_cache.cache_dir({"DLLAB_CACHE_DIR": "~/c"}) == Path.home() / "c"
+    assert tensor_cache.cache_dir({"DLLAB_CACHE_DIR": "OFF"}) is None
