@@ -1,7 +1,6 @@
 """Where the time of one `dllab compare relu sigmoid --seeds 5 --set train.epochs=1 --set device=cpu`
 goes, phase by phase, in one fresh process that takes the command's steps in its order:
-interpreter and imports (torch._dynamo separately: torch.optim imports it when the first
-optimizer is built, inside the first run's `seconds`, so it is imported up front here), planning and folder, data loading, training (with evaluation and
+interpreter and imports, planning and folder, data loading, training (with evaluation and
 diagnostics, as the runs' own `seconds`), run-folder writes, tables and statistics, plots.
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_breakdown.py [--engine batched|sequential] [--epochs 1]
@@ -15,6 +14,7 @@ START = time.perf_counter()
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,9 +26,6 @@ import torch  # noqa: E402
 
 TORCH = time.perf_counter()
 
-import torch._dynamo  # noqa: E402, F401  (torch.optim imports it when the first optimizer is built)
-
-DYNAMO = time.perf_counter()
 
 from dl_lab.analysis import plots, report  # noqa: E402
 from dl_lab.experiments.execute import load_data_for, run_compare  # noqa: E402
@@ -49,8 +46,7 @@ def main() -> None:
     phases: dict[str, float] = {
         "interpreter, typer, dl_lab CLI": CLI_READY - START,
         "import torch": TORCH - CLI_READY,
-        "import torch._dynamo (first optimizer; else in training)": DYNAMO - TORCH,
-        "import the rest of dl_lab": IMPORTED - DYNAMO,
+        "import the rest of dl_lab": IMPORTED - TORCH,
     }
     with tempfile.TemporaryDirectory() as root:
         lap = time.perf_counter()
@@ -89,6 +85,7 @@ def main() -> None:
     for name, seconds in phases.items():
         print(f"{name:<58} {seconds:6.2f} s  {100 * seconds / whole:5.1f}%")
     print(f"{'whole process (to here)':<58} {whole:6.2f} s; not training: {whole - trained:.2f} s")
+    print(f"torch._dynamo loaded: {'torch._dynamo' in sys.modules}")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,71 @@ def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
         assert b.test_acc == pytest.approx(a.test_acc, abs=5e-3)
         assert len(a.diagnostics.train_grad_norm) == 3  # recorded inside the captured steps too
         assert b.diagnostics.train_grad_norm == pytest.approx(a.diagnostics.train_grad_norm, rel=2e-2)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+        ("adam", {"lr": 0.01}),
+        ("adamw", {"lr": 0.01, "weight_decay": 0.1}),
+        ("rmsprop", {"lr": 0.01, "centered": True}),
+        ("adagrad", {"lr": 0.1, "lr_decay": 0.01}),
+    ],
+)
+def test_the_plain_optimizer_step_makes_exactly_torchs_updates(name, options):
+    from dl_lab.components.optimizers import OPTIMIZERS
+    from dl_lab.components.plain_optim import plain_step
+    from dl_lab.config.schema import OptimizerConfig
+
+    config = OptimizerConfig.model_validate({"name": name, **options})
+    start = [torch.randn(20, 7, generator=torch.Generator().manual_seed(1)), torch.randn(7)]
+    params = {kind: [p.clone().requires_grad_() for p in start] for kind in ("torch", "plain")}
+    optimizers = {kind: OPTIMIZERS[name].build(params[kind], config, CPU) for kind in params}
+    steps = {"torch": optimizers["torch"].step, "plain": plain_step(optimizers["plain"])}
+    assert steps["plain"] != optimizers["plain"].step, "plain_step fell back to optimizer.step"
+    x = torch.randn(32, 20, generator=torch.Generator().manual_seed(2))
+    for _ in range(5):
+        for kind in params:
+            optimizers[kind].zero_grad(set_to_none=True)
+            (x @ params[kind][0] + params[kind][1]).tanh().square().sum().backward()
+            steps[kind]()
+    for a, b in zip(params["torch"], params["plain"]):
+        assert torch.equal(a, b) and not torch.equal(a, torch.zeros_like(a))
+    assert optimizers["torch"].state_dict()["state"].keys() == optimizers["plain"].state_dict()["state"].keys()
+
+
+def test_a_step_hook_is_honoured_by_falling_back_to_optimizer_step():
+    from dl_lab.components.plain_optim import plain_step
+
+    param = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    seen = []
+    optimizer.register_step_post_hook(lambda *args: seen.append(1))
+    param.sum().backward()
+    plain_step(optimizer)()
+    assert seen == [1] and param.tolist() == [-1.0, -1.0, -1.0]
+
+
+def test_training_single_and_stacked_runs_never_loads_torch_dynamo():
+    """torch.optim would import torch._dynamo (1.2 s of start-up) on the first optimizer call."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    code = (
+        "import os, sys, torch\n"
+        "from dl_lab.config.schema import ExperimentConfig\n"
+        "from dl_lab.experiments.execute import device_and_data\n"
+        "from dl_lab.training.engine import Observer, train\n"
+        "from dl_lab.training.stack import BatchedEngine\n"
+        "configs = [ExperimentConfig.model_validate({'name': 't', 'device': 'cpu', 'seed': s, 'data': {'dataset': 'synthetic',\n"
+        "    'train_subset': 500}, 'train': {'epochs': 1}, 'model': {'hidden': [16]}}) for s in (1, 2)]\n"
+        "device, data = device_and_data(configs[0], os.environ)\n"
+        "results = [train(configs[0], data, device, Observer()), *BatchedEngine().run(configs, data, device, Observer())]\n"
+        "print([r.status for r in results], 'torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['completed',", "'completed',", "'completed']", "False"]

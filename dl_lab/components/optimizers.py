@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from dl_lab.components.plain_optim import skip_dynamo_import
 from dl_lab.components.registry import Registry
 from dl_lab.config import choices
 
@@ -48,6 +49,7 @@ def _torch_optimizer(class_name: str, fused: bool = False) -> OptimizerBuilder:
             value = getattr(cfg, key)
             if value is not None:  # None: keep torch's own default (eps differs per optimizer)
                 kwargs[_TORCH_NAMES[key]] = tuple(value) if isinstance(value, (list, tuple)) else value
+        skip_dynamo_import()
         cls = getattr(torch.optim, class_name)
         if capturable and "capturable" in inspect.signature(cls).parameters:
             kwargs["capturable"] = True  # (SGD has no such flag: its state is plain device tensors)

@@ -28,6 +28,7 @@ from torch import nn
 from dl_lab.components.datasets import Dataset, Split
 from dl_lab.components.model import build_mlp, linear_layers, parameter_count
 from dl_lab.components.optimizers import OPTIMIZERS
+from dl_lab.components.plain_optim import plain_step
 from dl_lab.components.pretraining import pretrain_rbm
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
@@ -161,7 +162,7 @@ class SingleNet:
     def step(self, split: Split, track_grads: bool) -> StepBody:
         """One optimization step on the samples at ``index``. With ``track_grads`` it also measures each Linear weight's gradient norm (a few small
         reductions, no host sync)."""
-        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        model, loss_fn, optimizer_step = self.model, self.loss_fn, plain_step(self.optimizer)
         weights = [layer.weight for layer in linear_layers(model)]
 
         def body(index: torch.Tensor) -> StepOut:
@@ -170,7 +171,7 @@ class SingleNet:
             loss = loss_fn(logits, targets)
             loss.backward()
             grad_norm = torch.stack([w.grad.norm() for w in weights]) if track_grads else None
-            optimizer.step()
+            optimizer_step()
             return StepOut(loss.detach(), (logits.detach().argmax(1) == targets).sum(), grad_norm)
 
         return body

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from dl_lab.components.datasets import Dataset, Split
 from dl_lab.components.optimizers import OPTIMIZERS
+from dl_lab.components.plain_optim import plain_step
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.engine import Member, train, train_unit
@@ -221,7 +222,7 @@ class StackNet:
         """One optimization step of every model; ``index`` holds model 0's batch, then model 1's, ...
         Returns the (M,) losses and correct counts, and with ``track_grads`` the (M, K) gradient norms
         of the Linear weights."""
-        stack, optimizer, count = self.stack, self.optimizer, self.count
+        stack, optimizer_step, count = self.stack, plain_step(self.optimizer), self.count
         streams = [m.dropout_stream for m in self.members]  # drawn from only when the models have dropout
 
         def body(index: torch.Tensor) -> StepOut:
@@ -238,7 +239,7 @@ class StackNet:
             grad_norm = (
                 torch.stack([w.grad.flatten(1).norm(dim=1) for w in stack.weights], dim=1) if track_grads else None
             )
-            optimizer.step()
+            optimizer_step()
             return StepOut(per_model.detach(), (logits.detach().argmax(2) == targets).sum(1), grad_norm)
 
         return body
