@@ -4,13 +4,17 @@ device=cpu` with --engine batched and --engine sequential, alternating, several 
 Prints each engine's wall time, the ratio batched / sequential, and the batched command's wall time
 over the sum of its runs' training `seconds` (summary.json): what a comparison costs beyond its
 training (start-up, data loading, files, tables, plots).
+With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base <commit>`) the
+same commands also run that version's dl_lab, interleaved with this one's, and both are printed.
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_end_to_end.py [--repeats 3] [--epochs 1] [--seeds 5]
+       [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,13 +25,17 @@ from pathlib import Path
 from dl_lab.training.device import cpu_name
 
 
-def timed_compare(engine: str, runs: Path, epochs: int, seeds: int, extra: list[str]) -> tuple[float, float]:
-    """(wall seconds of the whole command, sum of its runs' training seconds)."""
+def timed_compare(
+    engine: str, runs: Path, epochs: int, seeds: int, extra: list[str], source: Path | None = None
+) -> tuple[float, float]:
+    """(wall seconds of the whole command, sum of its runs' training seconds); ``source``: run the
+    dl_lab found there instead of this one."""
     command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", str(seeds),
                "--set", f"train.epochs={epochs}", "--set", "device=cpu", "--engine", engine,
                "--runs-dir", str(runs), *extra]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(source)} if source else None
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=source)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
@@ -42,26 +50,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("extra", nargs="*", help="more dllab compare arguments, after --")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another version to time alongside")
     args = parser.parse_args()
-    walls: dict[str, list[float]] = {"batched": [], "sequential": []}
-    trained: dict[str, list[float]] = {"batched": [], "sequential": []}
+    versions = {"this": None, **({f"baseline ({args.baseline})": args.baseline.resolve()} if args.baseline else {})}
+    walls = {(v, e): [] for v in versions for e in ("batched", "sequential")}
+    trained = {key: [] for key in walls}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
-            for engine in ("batched", "sequential") if repeat % 2 == 0 else ("sequential", "batched"):
-                wall, seconds = timed_compare(engine, Path(root) / f"{engine}-{repeat}", args.epochs, args.seeds,
-                                              args.extra)  # fmt: skip
-                walls[engine].append(wall)
-                trained[engine].append(seconds)
+            for version, source in versions.items():
+                for engine in ("batched", "sequential") if repeat % 2 == 0 else ("sequential", "batched"):
+                    runs = Path(root) / f"{len(walls)}-{engine}-{repeat}-{list(versions).index(version)}"
+                    wall, seconds = timed_compare(engine, runs, args.epochs, args.seeds, args.extra, source)
+                    walls[version, engine].append(wall)
+                    trained[version, engine].append(seconds)
     print(f"machine: {cpu_name()}; {args.repeats} repeats, medians; compare relu sigmoid --seeds {args.seeds} "
           f"--set train.epochs={args.epochs} --set device=cpu {' '.join(args.extra)}")  # fmt: skip
-    for engine in walls:
-        wall, seconds = statistics.median(walls[engine]), statistics.median(trained[engine])
-        print(f"{engine:>10}: whole command {wall:.2f} s (all: {', '.join(f'{w:.2f}' for w in walls[engine])}); "
-              f"runs' training seconds {seconds:.2f}; wall / training {wall / seconds:.2f}")  # fmt: skip
-    ratio = statistics.median(walls["batched"]) / statistics.median(walls["sequential"])
-    print(f"batched / sequential, whole command: {ratio:.2f} (target <= 0.6)")
-    overhead = statistics.median(walls["batched"]) / statistics.median(trained["batched"])
-    print(f"batched wall / its runs' training seconds: {overhead:.2f} (target <= 1.3)")
+    for version in versions:
+        print(f"{version}:")
+        median = {key: statistics.median(values) for key, values in walls.items() if key[0] == version}
+        for (_, engine), wall in median.items():
+            seconds = statistics.median(trained[version, engine])
+            print(f"  {engine:>10}: whole command {wall:.2f} s (all: {', '.join(f'{w:.2f}' for w in walls[version, engine])}); "
+                  f"runs' training seconds {seconds:.2f}; wall / training {wall / seconds:.2f}")  # fmt: skip
+        ratio = median[version, "batched"] / median[version, "sequential"]
+        print(f"  batched / sequential, whole command: {ratio:.2f} (target <= 0.6)")
+        overhead = median[version, "batched"] / statistics.median(trained[version, "batched"])
+        print(f"  batched wall / its runs' training seconds: {overhead:.2f} (target <= 1.3)")
 
 
 if __name__ == "__main__":
