@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,20 @@ def test_the_cache_folder_defaults_to_the_user_cache_and_off_disables_it(tmp_pat
     assert tensor_cache.cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "dl_lab" / "decoded"
     assert tensor_cache.cache_dir({"DLLAB_CACHE_DIR": "~/c"}) == Path.home() / "c"
     assert tensor_cache.cache_dir({"DLLAB_CACHE_DIR": "OFF"}) is None
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_writer_once_an_hour_old(tmp_path, cache):
+    raw = small_mnist(tmp_path)
+    load(tmp_path)
+    entry = cache_file(cache)
+    old, young = cache / f".{entry.name}.killed.tmp", cache / f".{entry.name}.writing.tmp"
+    other = cache / ".someone-else.tmp"
+    for path in (old, young, other):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * tensor_cache.ABANDONED_AFTER
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    write_idx(raw / "t10k-labels-idx1-ubyte", torch.full((20,), 3))  # a changed source: the entry is rewritten
+    assert load(tmp_path).test.y.tolist() == [3] * 20
+    assert not old.exists() and young.exists() and other.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, young.name, other.name])

@@ -13,7 +13,8 @@ A cache file is served only when
 
 Otherwise the data is decoded from the sources and the cache file is replaced atomically. The cache
 is an optimisation only: a cache folder that cannot be written, or a full disk, costs the speed-up
-and nothing else.
+and nothing else. A writer killed mid-write leaves its temporary behind; the next writer of that
+entry removes it once it is an hour old.
 
 Layout: ``DLLABTC1`` | header length (u32 LE) | header CRC-32 (u32 LE) | header JSON | arrays, each at
 an offset aligned to 4096 bytes.
@@ -28,6 +29,7 @@ import math
 import mmap
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,7 @@ OFF = "off"
 MAGIC = b"DLLABTC1"
 PREFIX = struct.Struct("<8sII")  # magic, header length, header CRC-32
 ALIGN = 4096
+ABANDONED_AFTER = 3600.0  # seconds: a temporary this old belongs to a writer that was killed
 CRC_CHUNK = 1 << 24  # checksummed in 16 MiB pieces, in parallel
 # Bump when what is cached changes (dtype, scaling, shape), so older cache files are not served.
 DECODING = "idx uint8 images -> float32 /255, (N, H*W); labels int64; v1"
@@ -186,5 +189,17 @@ def cached(
         return arrays
     arrays = decode()
     with contextlib.suppress(OSError):  # read-only or full disk: decoding again next time is the only cost
+        remove_abandoned_temporaries(path)
         write_entry(path, arrays, identity)
     return arrays
+
+
+def remove_abandoned_temporaries(path: Path) -> None:
+    """Delete this entry's temporaries (``.<name>.<random>.tmp``, 220 MB for MNIST) left by a writer
+    that was killed (SIGKILL, power cut) more than ABANDONED_AFTER seconds ago; a younger one may
+    belong to a writer still at work."""
+    now = time.time()
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - temporary.stat().st_mtime > ABANDONED_AFTER:
+                temporary.unlink()
