@@ -45,6 +45,7 @@ def main() -> None:
     ]
     device, data = device_and_data(configs[0], os.environ)
     times: dict[str, list[float]] = {"sequential": [], "batched": []}
+    accuracies: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, engine in [("sequential", SequentialEngine()), ("batched", BatchedEngine())]:
             if device.type == "cuda":
@@ -55,6 +56,7 @@ def main() -> None:
             failed = [r.error for r in results if r.status != "completed"]
             if failed:
                 raise SystemExit(f"{name}: {len(failed)} run(s) did not complete: {failed[0]}")
+            accuracies[name] = [r.history[-1].test_acc for r in results]
     sequential, batched = statistics.median(times["sequential"]), statistics.median(times["batched"])
     samples = len(configs) * args.epochs * results[0].plan.samples
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -65,6 +67,17 @@ def main() -> None:
     print(f"sequential engine: {sequential:.2f} s  ({samples / sequential:,.0f} samples/s)")
     print(f"batched engine:    {batched:.2f} s  ({samples / batched:,.0f} samples/s)")
     print(f"batched / sequential: {batched / sequential:.2f}")
+    for v, variant in enumerate(("relu", "sigmoid")):
+        seeds = slice(v * args.seeds, (v + 1) * args.seeds)
+        seq, bat = accuracies["sequential"][seeds], accuracies["batched"][seeds]
+        spread = statistics.stdev(seq) if len(seq) > 1 else 0.0
+        print(f"{variant} test_acc per seed, sequential: {' '.join(f'{a:.4f}' for a in seq)}")
+        print(f"{variant} test_acc per seed, batched:    {' '.join(f'{a:.4f}' for a in bat)}")
+        inside = all(min(seq) <= a <= max(seq) for a in bat)
+        print(
+            f"  largest difference {max(abs(a - b) for a, b in zip(seq, bat)):.5f}; sequential seeds: std {spread:.4f}, "
+            f"range {min(seq):.4f}-{max(seq):.4f} ({'every' if inside else 'NOT every'} batched value inside)"
+        )
 
 
 if __name__ == "__main__":
