@@ -133,7 +133,9 @@ def main() -> int:
                 failed += 1
                 print("        " + done.stderr[-1500:].replace("\n", "\n        "), flush=True)
     print(
-        f"{failed} of {len(range(FIRST, total + 1, options.every))} points failed; kept in {work}" if failed else "all ok"
+        f"{failed} of {len(range(FIRST, total + 1, options.every))} points failed; kept in {work}"
+        if failed
+        else "all ok"
     )
     if not failed:
         shutil.rmtree(work, ignore_errors=True)
