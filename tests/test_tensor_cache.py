@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -154,19 +155,31 @@ DAMAGES = {
     "truncated": _truncate,
     "empty": lambda path: path.write_bytes(b""),
     "not a cache file": lambda path: path.write_bytes(b"PK\x03\x04" + bytes(5000)),
+    "a dtype no cache holds": None,  # filled in below
 }
 
 
 def _first_image_bit(path: Path) -> None:
     mapped = path.read_bytes()
     _, length, _ = tensor_cache.PREFIX.unpack_from(mapped, 0)
-    data_start = -(-(tensor_cache.PREFIX.size + length) // tensor_cache.ALIGN) * tensor_cache.ALIGN
     data = bytearray(mapped)
-    data[data_start + 400] ^= 0x40  # a low mantissa bit of pixel 100: a value off by a few ulps
+    data[tensor_cache.data_start(length) + 400] ^= 0x40  # a low mantissa bit of pixel 100: a value off by a few ulps
     path.write_bytes(bytes(data))
 
 
 DAMAGES["one bit of the first training image"] = _first_image_bit
+
+
+def _foreign_dtype(path: Path) -> None:
+    """A well-formed header (valid CRC) naming a dtype no cache holds: refused, not looked up on torch."""
+    data = path.read_bytes()
+    _, length, _ = tensor_cache.PREFIX.unpack_from(data, 0)
+    header = data[tensor_cache.PREFIX.size : tensor_cache.PREFIX.size + length].replace(b'"float32"', b'"nn"', 1)
+    prefix = tensor_cache.PREFIX.pack(tensor_cache.MAGIC, len(header), zlib.crc32(header))
+    path.write_bytes(prefix + header + data[tensor_cache.PREFIX.size + length :])
+
+
+DAMAGES["a dtype no cache holds"] = _foreign_dtype
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES.values()), ids=list(DAMAGES))

@@ -99,6 +99,11 @@ def _chunk_crcs(views: Sequence[memoryview]) -> list[list[int]]:
     return per_view
 
 
+def data_start(header_length: int) -> int:
+    """Where the arrays begin: after the prefix and header, at the next ALIGN boundary."""
+    return -(-(PREFIX.size + header_length) // ALIGN) * ALIGN
+
+
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.contiguous().numpy()).cast("B")
 
@@ -122,14 +127,14 @@ def write_entry(path: Path, arrays: Mapping[str, torch.Tensor], sources: list[di
         offset += len(views[name])
         offset += -offset % ALIGN
     header = json.dumps({"decoding": DECODING, "sources": sources, "arrays": entries}).encode()
-    data_start = -(-(PREFIX.size + len(header)) // ALIGN) * ALIGN
+    start = data_start(len(header))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(PREFIX.pack(MAGIC, len(header), zlib.crc32(header)) + header)
         for entry in entries:
-            handle.seek(data_start + entry["offset"])
+            handle.seek(start + entry["offset"])
             handle.write(views[entry["name"]])
-        handle.truncate(data_start + entries[-1]["offset"] + entries[-1]["nbytes"] if entries else data_start)
+        handle.truncate(start + entries[-1]["offset"] + entries[-1]["nbytes"] if entries else start)
 
 
 def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
@@ -137,6 +142,7 @@ def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Ten
     exactly ``sources`` by today's ``DECODING``."""
     import torch
 
+    dtypes = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8}  # what caches hold
     try:
         with open(path, "rb") as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE
@@ -150,14 +156,10 @@ def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Ten
         header = json.loads(header_bytes)
         if header.get("decoding") != DECODING or header.get("sources") != sources:
             return None
-        data_start = -(-(PREFIX.size + length) // ALIGN) * ALIGN
+        first = data_start(length)
         view, arrays, places = memoryview(mapped), {}, []
         for entry in header["arrays"]:
-            start, dtype, count = (
-                data_start + entry["offset"],
-                getattr(torch, entry["dtype"]),
-                math.prod(entry["shape"]),
-            )
+            start, dtype, count = first + entry["offset"], dtypes[entry["dtype"]], math.prod(entry["shape"])
             if count * dtype.itemsize != entry["nbytes"] or start + entry["nbytes"] > len(mapped):
                 return None
             places.append(view[start : start + entry["nbytes"]])
@@ -166,7 +168,7 @@ def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Ten
                 if count
                 else torch.empty(entry["shape"], dtype=dtype)  # frombuffer refuses zero elements
             )
-        end = max((data_start + entry["offset"] + entry["nbytes"] for entry in header["arrays"]), default=data_start)
+        end = max((first + entry["offset"] + entry["nbytes"] for entry in header["arrays"]), default=first)
         if len(mapped) != end or _chunk_crcs(places) != [entry["crc32"] for entry in header["arrays"]]:
             return None
         return arrays
