@@ -53,7 +53,8 @@ def skip_dynamo_import() -> None:
 
 
 def plain_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """A function doing ``optimizer.step()`` without torch.optim's per-call wrappers."""
+    """A function doing ``optimizer.step()`` without torch.optim's per-call wrappers; ``optimizer.step``
+    itself where step hooks are registered when it is made (the engine makes one per unit of work)."""
     import torch
     from torch.optim import optimizer as module
 
