@@ -40,10 +40,27 @@ EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 PHASES: list[str] = []  # where each random interruption landed (see the test after the random-point tests)
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def dllab(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "dl_lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     )
+    STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A test that fails half-way must not leave a 100,000-epoch run training (and a child of pytest
+    that other tests would see)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def outcome(folder: Path) -> dict:
@@ -232,9 +249,9 @@ def test_a_killed_train_run_reads_interrupted_and_report_says_so(tmp_path):
     runs = tmp_path / "runs"
     process = dllab("train", "-c", str(config), "--runs-dir", str(runs))
     deadline = time.monotonic() + 60
-    while not list(runs.glob("*/metrics.csv")) and time.monotonic() < deadline:
+    while not list(runs.glob("*/summary.json")) and time.monotonic() < deadline:  # its first summary: running
         time.sleep(0.05)
-    [run] = [p.parent for p in runs.glob("*/metrics.csv")]
+    [run] = [p.parent for p in runs.glob("*/summary.json")]
     assert run_status(run) == "running"  # alive: it holds the lock
     process.kill()
     process.wait()

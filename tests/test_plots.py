@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,15 @@ ALL = sorted(plots.PLOT_NAMES)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def compare_folder(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
-    folder = compare_relu_sigmoid(CliRunner(), tmp_path_factory.mktemp("runs"))
-    return load_compare(folder).results
+    return compare_relu_sigmoid(CliRunner(), tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def results(compare_folder):
+    return load_compare(compare_folder).results
 
 
 def written(folder: Path) -> list[str]:
@@ -63,6 +68,51 @@ def test_an_interrupt_while_drawing_stops_the_helper_and_leaves_no_temporaries(r
     assert not [name for name in written(tmp_path) if name.endswith(".tmp")]
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # the helper was reaped: no child left behind
+
+
+def test_a_signal_during_the_forks_own_callbacks_is_held_and_raised_after_it(compare_folder, tmp_path):
+    """fork runs Python callbacks (logging registers one); a signal handled inside one used to be
+    printed as "Exception ignored" with a traceback, and lost: the plots went on as if none had come."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from dl_lab import signals\n"
+        "from dl_lab.analysis import plots\n"
+        "from dl_lab.analysis.load import load_compare\n"
+        "signals.install()\n"
+        "results = load_compare(Path(sys.argv[1])).results\n"
+        "fired = []\n"
+        "def after():\n"
+        "    if not fired:\n"
+        "        fired.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(1000))  # a few bytecodes: Python runs the handler here, inside the callback\n"
+        "os.register_at_fork(after_in_parent=after)\n"
+        "try:\n"
+        "    plots.write_plots(results, Path(sys.argv[2]))\n"
+        "except KeyboardInterrupt as stop:\n"
+        "    print('interrupted', stop.signum)\n"
+        "else:\n"
+        "    print('not interrupted')\n"
+    )
+    out = tmp_path / "plots"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(compare_folder), str(out)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["interrupted", str(int(signal.SIGTERM))], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert not [name for name in written(out) if name.endswith(".tmp")]
 
 
 def test_a_killed_command_takes_its_helper_and_its_lock_with_it(results, tmp_path):

@@ -8,12 +8,13 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from dl_lab.analysis.load import VariantResult
 from dl_lab.runs.locks import drop_inherited
 from dl_lab.runs.records import Histogram
 from dl_lab.runs.store import atomic_path
-from dl_lab.signals import HANDLED
+from dl_lab.signals import HANDLED, deferred
 
 
 def _pyplot():
@@ -270,15 +271,29 @@ def _draw_in_child(names: Sequence[str], results: Sequence[VariantResult], folde
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cpus < 2 or not sys.platform.startswith("linux") or "ray" in sys.modules:
         return None
-    parent = os.getpid()
+    parent, pid = os.getpid(), None
     try:
-        pid = os.fork()
+        # Held, not raised: fork runs Python callbacks (logging's lock) in both processes, and an
+        # interrupt raised inside one would be printed and swallowed there ("Exception ignored").
+        with deferred():
+            pid = os.fork()
+            if not pid:
+                _helper(names, results, folder, parent)  # never returns
     except OSError:  # no memory or process slots for a helper: the command draws every plot itself
         return None
-    if pid:
-        return pid
+    except KeyboardInterrupt:  # held during the fork: the helper stops before the command does
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        raise
+    return pid
+
+
+def _helper(names: Sequence[str], results: Sequence[VariantResult], folder: Path, parent: int) -> NoReturn:
+    """The forked helper: draws ``names`` and exits 0 (1 on any failure or signal); no output, no
+    traceback. A signal ends it through atomic_path's cleanup."""
     code = 1
-    try:  # the child: no output, no traceback; a signal ends it through atomic_path's cleanup
+    try:
         for signum in HANDLED:
             signal.signal(signum, _stop)
         drop_inherited()  # the parent's folder locks end with the parent, whatever becomes of this helper
