@@ -203,13 +203,17 @@ def test_a_cache_from_another_decoding_is_not_served(tmp_path, cache, decodes, m
 
 def test_off_writes_nothing_and_an_unwritable_cache_costs_only_the_speed_up(tmp_path, monkeypatch, decodes):
     small_mnist(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # where the cache would go if off were ignored
     expected = fresh(tmp_path, monkeypatch)
+    assert not (tmp_path / "xdg").exists() and len(decodes) == 4
+    assert_same(fresh(tmp_path, monkeypatch), expected)  # decoded again: nothing was cached
+    assert not (tmp_path / "xdg").exists() and len(decodes) == 8
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("DLLAB_CACHE_DIR", str(blocker / "cache"))  # mkdir fails: NotADirectoryError
     assert_same(load(tmp_path), expected)
     assert_same(load(tmp_path), expected)
-    assert len(decodes) == 12 and blocker.read_text() == "not a folder"
+    assert len(decodes) == 16 and blocker.read_text() == "not a folder"
 
 
 def test_a_full_disk_while_writing_leaves_no_partial_cache_file(tmp_path, cache):

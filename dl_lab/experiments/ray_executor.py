@@ -24,7 +24,6 @@ from typing import Any
 
 from dl_lab.components import tensor_cache
 from dl_lab.components.datasets import DATASETS, ENV_DATA_DIR, resolve_data_root
-from dl_lab.components.tensor_cache import ENV_CACHE_DIR
 from dl_lab.errors import ConfigError
 from dl_lab.experiments.scheduling import data_key
 from dl_lab.runs.comparison import ComparePlan, Unit
@@ -60,11 +59,11 @@ def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     ray = import_ray()
     env_vars = {
         name: str(Path(environ[name]).expanduser().resolve())
-        for name in (ENV_DATA_DIR, ENV_CACHE_DIR)
+        for name in (ENV_DATA_DIR, tensor_cache.ENV_CACHE_DIR)
         if environ.get(name)
     }
     if tensor_cache.cache_dir(environ) is None:
-        env_vars[ENV_CACHE_DIR] = tensor_cache.OFF
+        env_vars[tensor_cache.ENV_CACHE_DIR] = tensor_cache.OFF
     address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(
