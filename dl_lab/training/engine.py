@@ -35,6 +35,7 @@ from dl_lab.signals import deferred
 from dl_lab.training.cuda_graphs import GraphedSteps, StepBody, StepOut
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.events import Observer
+from dl_lab.training.fused import single_pass
 from dl_lab.training.results import (
     BatchPlan,
     Diagnostics,
@@ -165,14 +166,20 @@ class SingleNet:
         model, loss_fn, optimizer_step = self.model, self.loss_fn, plain_step(self.optimizer)
         weights = [layer.weight for layer in linear_layers(model)]
 
-        def body(index: torch.Tensor) -> StepOut:
-            inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
+        def autograd_pass(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = model(inputs)
             loss = loss_fn(logits, targets)
             loss.backward()
+            return loss.detach(), logits.detach()
+
+        forward_backward = single_pass(model, split.x.device) or autograd_pass
+
+        def body(index: torch.Tensor) -> StepOut:
+            inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)
+            loss, logits = forward_backward(inputs, targets)
             grad_norm = torch.stack([w.grad.norm() for w in weights]) if track_grads else None
             optimizer_step()
-            return StepOut(loss.detach(), (logits.detach().argmax(1) == targets).sum(), grad_norm)
+            return StepOut(loss, (logits.argmax(1) == targets).sum(), grad_norm)
 
         return body
 

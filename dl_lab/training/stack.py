@@ -28,6 +28,7 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.engine import Member, train, train_unit
 from dl_lab.training.events import Observer
+from dl_lab.training.fused import MaskOp, Op, StackedLinearOp, elementwise, stacked_pass
 from dl_lab.training.results import TrainResult
 from dl_lab.training.stackable import plan_batches
 
@@ -138,15 +139,17 @@ class StackedDropout(_Stateless):
         self.scale = torch.tensor(self.keep, device=device)[:, None, None]
 
     def forward(self, h: torch.Tensor, training: bool, streams: Sequence[torch.Generator]) -> torch.Tensor:
-        if not training:
-            return h
+        return h * self.mask(h, streams) if training else h
+
+    def mask(self, h: torch.Tensor, streams: Sequence[torch.Generator]) -> torch.Tensor:
+        """Each model's scaled Bernoulli(1 - p) mask for ``h`` (M, B, features), from its own stream."""
         noise = torch.stack(
             [
                 torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=stream)
                 for keep, stream in zip(self.keep, streams)
             ]
         )
-        return h * noise.div_(self.scale)
+        return noise.div_(self.scale)
 
 
 class StackedActivation(_Stateless):
@@ -205,6 +208,21 @@ class Stack:
                     stacked.copy_into(layer, index)
 
 
+def fused_ops(stack: Stack, streams: Sequence[torch.Generator]) -> list[Op] | None:
+    """The stack's layers as the hand-written pass's ops (fused.py), or None where it keeps autograd."""
+    ops: list[Op] = []
+    for layer in stack.layers:
+        if isinstance(layer, StackedLinear):
+            ops.append(StackedLinearOp(layer.weight, layer.bias, first=not ops))
+        elif isinstance(layer, StackedDropout):
+            ops.append(MaskOp(lambda h, dropout=layer: dropout.mask(h, streams)))
+        elif isinstance(layer, StackedActivation) and (op := elementwise(layer.module)) is not None:
+            ops.append(op)
+        else:
+            return None
+    return ops
+
+
 class StackNet:
     """M models of one architecture as one stack (the engine's Net for a unit of several runs)."""
 
@@ -225,22 +243,30 @@ class StackNet:
         stack, optimizer_step, count = self.stack, plain_step(self.optimizer), self.count
         streams = [m.dropout_stream for m in self.members]  # drawn from only when the models have dropout
 
-        def body(index: torch.Tensor) -> StepOut:
-            batch = index.numel() // count
-            inputs = split.x.index_select(0, index).view(count, batch, -1)
-            targets = split.y.index_select(0, index).view(count, batch)
+        def autograd_pass(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = stack.forward(inputs, True, streams)
+            batch = targets.shape[1]
             per_model = (
                 F.cross_entropy(logits.reshape(count * batch, -1), targets.reshape(-1), reduction="none")
                 .view(count, batch)
                 .mean(1)
             )
             per_model.sum().backward()  # the models share no parameters: each gets its own gradient
+            return per_model.detach(), logits.detach()
+
+        ops = fused_ops(stack, streams) if split.x.device.type == "cpu" else None
+        forward_backward = autograd_pass if ops is None else stacked_pass(ops)
+
+        def body(index: torch.Tensor) -> StepOut:
+            batch = index.numel() // count
+            inputs = split.x.index_select(0, index).view(count, batch, -1)
+            targets = split.y.index_select(0, index).view(count, batch)
+            per_model, logits = forward_backward(inputs, targets)
             grad_norm = (
                 torch.stack([w.grad.flatten(1).norm(dim=1) for w in stack.weights], dim=1) if track_grads else None
             )
             optimizer_step()
-            return StepOut(per_model.detach(), (logits.detach().argmax(2) == targets).sum(1), grad_norm)
+            return StepOut(per_model, (logits.argmax(2) == targets).sum(1), grad_norm)
 
         return body
 

@@ -1,0 +1,217 @@
+"""A training step's forward and backward pass written out by hand, for MLPs of Linear layers,
+elementwise activations and dropout (every preset of the lab but batch norm).
+
+Autograd records a graph node per operation on every step and walks it back; for a model this small
+that bookkeeping costs about as much as the arithmetic on a CPU. Here the forward pass keeps exactly
+what its backward pass needs, and the backward pass calls the ATen kernels autograd's formulas call
+(mm/bmm in the same operand order, threshold_backward, sigmoid_backward, nll_loss_backward,
+_log_softmax_backward_data, ...), so each gradient is bitwise the one ``loss.backward()`` would leave
+in ``.grad`` (tests/test_fused.py checks this for every activation, dropout and the stacked layout).
+
+Used for training steps on the CPU only: on CUDA the step is launch-bound and keeps autograd (and CUDA
+graphs) until measured on a GPU. A model with a layer not listed here (batch norm, an activation
+without an entry in ACTIVATION_GRADS) keeps autograd as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+aten = torch.ops.aten
+MEAN, NONE = 1, 0  # ATen's reduction enum for nll_loss
+IGNORE_INDEX = -100  # F.cross_entropy's default
+
+# torch.selu is elu with these constants (ATen's SELU_ALPHA and SELU_SCALE)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class Op(Protocol):
+    """One layer of the hand-written pass: forward returns its output and what backward needs."""
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None: ...
+
+
+class LinearOp:
+    """nn.Linear, weight (out, in): forward addmm(b, h, W.t()), as F.linear; the gradients as AddmmBackward
+    computes them for a transposed (column-major) weight. The first layer computes no input gradient."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, first: bool) -> None:
+        self.weight, self.bias, self.first = weight, bias, first
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.addmm(self.bias, h, self.weight.t()), h
+
+    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None:
+        self.weight.grad = grad.t().mm(saved)
+        self.bias.grad = grad.sum(0)
+        return None if self.first else grad.mm(self.weight)
+
+
+class StackedLinearOp:
+    """M Linear layers, weights (M, in, out) and biases (M, out): baddbmm and BaddbmmBackward's formulas."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, first: bool) -> None:
+        self.weight, self.bias, self.first = weight, bias, first
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight), h
+
+    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None:
+        self.weight.grad = saved.transpose(1, 2).bmm(grad)
+        self.bias.grad = grad.sum(1)
+        return None if self.first else grad.bmm(self.weight.transpose(1, 2))
+
+
+class ElementwiseOp:
+    """An activation: its function, and its derivative from the saved input or output."""
+
+    def __init__(
+        self,
+        function: Callable[[torch.Tensor], torch.Tensor],
+        derivative: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        saves_output: bool,
+    ) -> None:
+        self.function, self.derivative, self.saves_output = function, derivative, saves_output
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.function(h)
+        return out, out if self.saves_output else h
+
+    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None:
+        return self.derivative(grad, saved)
+
+
+def elementwise(module: nn.Module) -> ElementwiseOp | None:
+    """The activation module's pass, as autograd's formula for it (derivatives.yaml) computes it."""
+    if isinstance(module, nn.ReLU):
+        return ElementwiseOp(torch.relu, lambda g, out: aten.threshold_backward(g, out, 0), True)
+    if isinstance(module, nn.Sigmoid):
+        return ElementwiseOp(torch.sigmoid, aten.sigmoid_backward, True)
+    if isinstance(module, nn.Tanh):
+        return ElementwiseOp(torch.tanh, aten.tanh_backward, True)
+    if isinstance(module, nn.LeakyReLU):
+        slope = module.negative_slope
+        return ElementwiseOp(
+            lambda h: F.leaky_relu(h, slope), lambda g, h: aten.leaky_relu_backward(g, h, slope, False), False
+        )
+    if isinstance(module, nn.ELU):
+        alpha = module.alpha
+        return ElementwiseOp(lambda h: F.elu(h, alpha), lambda g, h: aten.elu_backward(g, alpha, 1, 1, False, h), False)
+    if isinstance(module, nn.SELU):
+        return ElementwiseOp(torch.selu, lambda g, h: aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1, False, h), False)
+    if isinstance(module, nn.GELU):
+        mode = module.approximate
+        return ElementwiseOp(
+            lambda h: F.gelu(h, approximate=mode), lambda g, h: aten.gelu_backward(g, h, approximate=mode), False
+        )
+    if isinstance(module, nn.Softplus):
+        beta, threshold = module.beta, module.threshold
+        return ElementwiseOp(
+            lambda h: F.softplus(h, beta, threshold),
+            lambda g, h: aten.softplus_backward(g, h, beta, threshold),
+            False,
+        )
+    return None
+
+
+class MaskOp:
+    """Dropout as a multiplication by a scaled Bernoulli mask; ``draw`` makes the mask for an input."""
+
+    def __init__(self, draw: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.draw = draw
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.draw(h)
+        return h * mask, mask
+
+    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None:
+        return grad * saved
+
+
+def dropout_mask(p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """nn.Dropout's CPU mask (ATen's _dropout_impl): Bernoulli(1 - p) from the global generator, / (1 - p)."""
+
+    def draw(h: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(h).bernoulli_(1 - p).div_(1 - p)
+
+    return draw
+
+
+# (inputs, targets) -> (loss, detached logits), with every parameter's .grad set
+Pass = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def run_pass(ops: Sequence[Op], inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward through ``ops``: the logits and what each op saved."""
+    saved = []
+    h = inputs
+    for op in ops:
+        h, kept = op.forward(h)
+        saved.append(kept)
+    return h, saved
+
+
+def run_backward(ops: Sequence[Op], saved: list[torch.Tensor], grad: torch.Tensor) -> None:
+    """Backward through ``ops`` from the gradient of the logits; the first Linear stops it."""
+    for op, kept in zip(reversed(ops), reversed(saved)):
+        out = op.backward(grad, kept)
+        if out is None:
+            return
+        grad = out
+
+
+def single_pass(model: nn.Sequential, device: torch.device) -> Pass | None:
+    """The hand-written pass for one nn.Sequential with mean cross-entropy, or None where it keeps autograd."""
+    if device.type != "cpu":
+        return None
+    ops: list[Op] = []
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            ops.append(LinearOp(layer.weight, layer.bias, first=not ops))
+        elif isinstance(layer, nn.Dropout):
+            ops.append(MaskOp(dropout_mask(layer.p)))
+        elif (op := elementwise(layer)) is not None:
+            ops.append(op)
+        else:
+            return None
+
+    @torch.no_grad()
+    def forward_backward(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, saved = run_pass(ops, inputs)
+        logp = torch.log_softmax(logits, 1)
+        loss, total_weight = aten.nll_loss_forward(logp, targets, None, MEAN, IGNORE_INDEX)
+        grad = aten.nll_loss_backward(torch.ones_like(loss), logp, targets, None, MEAN, IGNORE_INDEX, total_weight)
+        run_backward(ops, saved, aten._log_softmax_backward_data(grad, logp, 1, logp.dtype))
+        return loss, logits
+
+    return forward_backward
+
+
+def stacked_pass(ops: Sequence[Op]) -> Pass:
+    """The hand-written pass for a stack: inputs (M, B, features), targets (M, B); each model's loss is
+    its mean cross-entropy, the (M,) losses are summed for the backward pass (models share nothing)."""
+
+    @torch.no_grad()
+    def forward_backward(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, saved = run_pass(ops, inputs)
+        count, batch, classes = logits.shape
+        flat = targets.reshape(-1)
+        logp = torch.log_softmax(logits.reshape(count * batch, classes), 1)
+        per_sample, total_weight = aten.nll_loss_forward(logp, flat, None, NONE, IGNORE_INDEX)
+        per_model = per_sample.view(count, batch).mean(1)
+        # sum() then mean(1) backward: ones spread over each model's batch, divided by the batch size
+        grad = torch.ones_like(per_model).unsqueeze(1).expand(count, batch).div(batch).reshape(-1)
+        grad = aten.nll_loss_backward(grad, logp, flat, None, NONE, IGNORE_INDEX, total_weight)
+        grad = aten._log_softmax_backward_data(grad, logp, 1, logp.dtype)
+        run_backward(ops, saved, grad.view(count, batch, classes))
+        return per_model, logits
+
+    return forward_backward
