@@ -1,7 +1,9 @@
 """A 2 x 5 comparison grid (relu and sigmoid presets, 5 seeds each) trained by the sequential and the
-batched engine, side by side in one process. Prints total seconds and the ratio.
+batched engine, side by side in one process. Prints total seconds and the ratio, and each seed's test
+accuracy under both. With --bf16 the batched engine also trains the grid with train.bf16_matmul=true,
+judged against the fp32 sequential result.
 
-Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2]
+Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2] [--bf16]
 """
 
 from __future__ import annotations
@@ -27,57 +29,75 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
+    parser.add_argument("--bf16", action="store_true", help="also the batched engine with train.bf16_matmul=true")
     args = parser.parse_args()
     extra = ["train.cuda_graphs=true"] if args.cuda_graphs else []
-    configs = [
-        load_config(
-            name,
-            [
-                f"train.epochs={args.epochs}",
-                f"device={args.device}",
-                f"seed={777 + i}",
-                "model.init=xavier_uniform",
-                *extra,
-            ],
-        ).config
-        for name in ("relu", "sigmoid")
-        for i in range(args.seeds)
-    ]
+
+    def grid(*more: str) -> list:
+        return [
+            load_config(
+                name,
+                [
+                    f"train.epochs={args.epochs}",
+                    f"device={args.device}",
+                    f"seed={777 + i}",
+                    "model.init=xavier_uniform",
+                    *extra,
+                    *more,
+                ],
+            ).config
+            for name in ("relu", "sigmoid")
+            for i in range(args.seeds)
+        ]
+
+    configs = grid()
     device, data = device_and_data(configs[0], os.environ)
-    times: dict[str, list[float]] = {"sequential": [], "batched": []}
+    engines = [("sequential", SequentialEngine(), configs), ("batched", BatchedEngine(), configs)]
+    if args.bf16:
+        engines.append(("batched bf16", BatchedEngine(), grid("train.bf16_matmul=true")))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
     accuracies: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        for name, engine in [("sequential", SequentialEngine()), ("batched", BatchedEngine())]:
+        for name, engine, runs in engines:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            results = engine.run(configs, data, device, Observer())
+            results = engine.run(runs, data, device, Observer())
             times[name].append(time.perf_counter() - start)
             failed = [r.error for r in results if r.status != "completed"]
             if failed:
                 raise SystemExit(f"{name}: {len(failed)} run(s) did not complete: {failed[0]}")
             accuracies[name] = [r.history[-1].test_acc for r in results]
-    sequential, batched = statistics.median(times["sequential"]), statistics.median(times["batched"])
     samples = len(configs) * args.epochs * results[0].plan.samples
     print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
         f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}"
     )
-    print(f"sequential engine: {sequential:.2f} s  ({samples / sequential:,.0f} samples/s)")
-    print(f"batched engine:    {batched:.2f} s  ({samples / batched:,.0f} samples/s)")
-    print(f"batched / sequential: {batched / sequential:.2f}")
+    sequential = statistics.median(times["sequential"])
+    for name, _, _ in engines:
+        seconds = statistics.median(times[name])
+        print(f"{name + ' engine:':<21} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s)")
+    for name, _, _ in engines[1:]:
+        print(f"{name} / sequential: {statistics.median(times[name]) / sequential:.2f}")
     for v, variant in enumerate(("relu", "sigmoid")):
         seeds = slice(v * args.seeds, (v + 1) * args.seeds)
-        seq, bat = accuracies["sequential"][seeds], accuracies["batched"][seeds]
+        seq = accuracies["sequential"][seeds]
         spread = statistics.stdev(seq) if len(seq) > 1 else 0.0
-        print(f"{variant} test_acc per seed, sequential: {' '.join(f'{a:.4f}' for a in seq)}")
-        print(f"{variant} test_acc per seed, batched:    {' '.join(f'{a:.4f}' for a in bat)}")
-        inside = all(min(seq) <= a <= max(seq) for a in bat)
-        print(
-            f"  largest difference {max(abs(a - b) for a, b in zip(seq, bat)):.5f}; sequential seeds: std {spread:.4f}, "
-            f"range {min(seq):.4f}-{max(seq):.4f} ({'every' if inside else 'NOT every'} batched value inside)"
-        )
+        for name, _, _ in engines:
+            print(
+                f"{variant} test_acc per seed, {name + ':':<13} {' '.join(f'{a:.4f}' for a in accuracies[name][seeds])}"
+            )
+        print(f"  sequential seeds: std {spread:.4f}, range {min(seq):.4f}-{max(seq):.4f}")
+        for name, _, _ in engines[1:]:
+            other = accuracies[name][seeds]
+            inside = all(min(seq) <= a <= max(seq) for a in other)
+            gap = abs(statistics.mean(other) - statistics.mean(seq))
+            print(
+                f"  {name}: largest difference {max(abs(a - b) for a, b in zip(seq, other)):.5f}, mean differs by "
+                f"{gap:.4f} ({gap / spread if spread else 0:.1f} std); {'every' if inside else 'NOT every'} value "
+                "inside the sequential range"
+            )
 
 
 if __name__ == "__main__":

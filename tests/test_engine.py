@@ -245,3 +245,53 @@ def test_training_single_and_stacked_runs_never_loads_torch_dynamo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['completed',", "'completed',", "'completed']", "False"]
+
+
+@pytest.mark.parametrize(
+    "device, train_section, precision, cudnn_tf32",
+    [
+        ("cpu", {}, "highest", False),
+        ("cpu", {"bf16_matmul": True}, "medium", False),
+        ("cpu", {"tf32": True}, "highest", False),  # TF32 is CUDA's
+        ("cuda", {"tf32": True}, "high", True),
+        ("cuda", {"bf16_matmul": True}, "highest", False),  # bf16_matmul is the CPU's
+    ],
+)
+def test_each_unit_sets_the_matmul_precision_its_config_and_device_ask_for(
+    device, train_section, precision, cudnn_tf32
+):
+    from dl_lab.training.engine import configure_math
+
+    try:
+        configure_math(make_config(train={"bf16_matmul": True, "tf32": True}), CPU)  # whatever came before
+        configure_math(make_config(train=train_section), torch.device(device))
+        assert torch.get_float32_matmul_precision() == precision
+        assert torch.backends.cudnn.allow_tf32 is cudnn_tf32
+        expected_cpu = {"highest": "ieee", "medium": "bf16", "high": "tf32"}[precision]
+        assert torch.backends.mkldnn.matmul.fp32_precision == expected_cpu
+    finally:
+        configure_math_default()
+
+
+def test_bf16_matmuls_train_to_the_fp32_result_within_noise_and_never_stack_with_fp32_runs():
+    from dl_lab.training.stackable import batch_key
+
+    plain, bf16 = make_config(), make_config(train={"bf16_matmul": True})
+    assert batch_key(plain) != batch_key(bf16)
+    data = dataset(plain)
+    try:
+        exact, rounded = train(plain, data, CPU, Quiet()), train(bf16, data, CPU, Quiet())
+    finally:
+        configure_math_default()
+    assert rounded.status == "completed"
+    assert abs(rounded.final.test_acc - exact.final.test_acc) <= 0.02
+    assert abs(rounded.final.train_loss - exact.final.train_loss) <= 0.05 * exact.final.train_loss
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CPU does bf16: the products were rounded
+        assert rounded.final.train_loss != exact.final.train_loss
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def configure_math_default() -> None:
+    from dl_lab.training.engine import configure_math
+
+    configure_math(make_config(), CPU)

@@ -88,10 +88,15 @@ class Generators:
     pretrain: torch.Generator  # shuffles pre-training batches, apart so data order is the same with or without
 
 
-def configure_math(config: ExperimentConfig) -> None:
-    """Set per unit (the setting is process-wide): TF32 matmuls on CUDA only when the config asks."""
-    torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
-    torch.backends.cudnn.allow_tf32 = config.train.tf32
+def configure_math(config: ExperimentConfig, device: torch.device) -> None:
+    """Set per unit (the setting is process-wide): TF32 matmuls on CUDA, bf16 matmuls on CPU, each only
+    when the config asks (torch's float32 matmul precision "high" and "medium"), else full float32."""
+    if device.type == "cuda":
+        precision = "high" if config.train.tf32 else "highest"
+    else:
+        precision = "medium" if config.train.bf16_matmul else "highest"
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = config.train.tf32 and device.type == "cuda"
 
 
 def seed_everything(seed: int) -> Generators:
@@ -218,7 +223,7 @@ def train_unit(
     plan = BatchPlan.make(
         len(data.train), first.data.batch_size, first.data.drop_last, first.model.has_batchnorm_layers
     )
-    configure_math(first)  # tf32 is part of the batch key, so all runs agree
+    configure_math(first, device)  # tf32 and bf16_matmul are part of the batch key: all runs agree
     members: list[Member] = []
     started: list[ExperimentConfig] = []
     try:
