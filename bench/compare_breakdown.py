@@ -31,7 +31,7 @@ from dl_lab.analysis import plots, report  # noqa: E402
 from dl_lab.experiments.execute import load_data_for, run_compare  # noqa: E402
 from dl_lab.experiments.planning import plan_comparison, units_to_train  # noqa: E402
 from dl_lab.runs.comparison import create_compare_dir  # noqa: E402
-from dl_lab.training.device import cpu_name  # noqa: E402
+from dl_lab.training.device import cpu_kind  # noqa: E402
 from dl_lab.training.events import Observer  # noqa: E402
 
 IMPORTED = time.perf_counter()
@@ -80,7 +80,7 @@ def main() -> None:
         phases["plots (5 PNG, matplotlib)"] = drawn[0]
         lock.release()
     whole = time.perf_counter() - START
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+    print(f"machine: {cpu_kind()}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"engine {args.engine}, {args.seeds} seeds x 2 variants, {args.epochs} epoch(s)")  # fmt: skip
     for name, seconds in phases.items():
         print(f"{name:<58} {seconds:6.2f} s  {100 * seconds / whole:5.1f}%")

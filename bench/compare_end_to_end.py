@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dl_lab.training.device import cpu_name
+from dl_lab.training.device import cpu_kind
 
 
 def timed_compare(
@@ -63,7 +63,7 @@ def main() -> None:
                     wall, seconds = timed_compare(engine, runs, args.epochs, args.seeds, args.extra, source)
                     walls[version, engine].append(wall)
                     trained[version, engine].append(seconds)
-    print(f"machine: {cpu_name()}; {args.repeats} repeats, medians; compare relu sigmoid --seeds {args.seeds} "
+    print(f"machine: {cpu_kind()}; {args.repeats} repeats, medians; compare relu sigmoid --seeds {args.seeds} "
           f"--set train.epochs={args.epochs} --set device=cpu {' '.join(args.extra)}")  # fmt: skip
     for version in versions:
         print(f"{version}:")

@@ -17,7 +17,7 @@ import torch
 
 from dl_lab.config.loader import load_config
 from dl_lab.experiments.execute import device_and_data
-from dl_lab.training.device import device_name
+from dl_lab.training.device import hardware
 from dl_lab.training.engine import Observer, SequentialEngine
 from dl_lab.training.stack import BatchedEngine
 
@@ -69,7 +69,7 @@ def main() -> None:
                 raise SystemExit(f"{name}: {len(failed)} run(s) did not complete: {failed[0]}")
             accuracies[name] = [r.history[-1].test_acc for r in results]
     samples = len(configs) * args.epochs * results[0].plan.samples
-    print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, Adam, batch 100, {args.epochs} epoch(s) each; "
         f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}"

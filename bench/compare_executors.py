@@ -20,7 +20,7 @@ from dl_lab.experiments import ray_executor
 from dl_lab.experiments.execute import load_data_for, run_compare
 from dl_lab.experiments.planning import plan_comparison, units_to_train
 from dl_lab.runs.comparison import create_compare_dir
-from dl_lab.training.device import cpu_name
+from dl_lab.training.device import cpu_kind
 from dl_lab.training.events import Observer
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     plan = plan_comparison(["relu", "sigmoid"], overrides, [], args.seeds)
     todo = units_to_train(plan, frozenset())
     data = load_data_for([run.config for run in plan.runs], os.environ)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_kind()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"grid: 2 variants x {args.seeds} seeds = {len(todo)} stacks, {args.dataset}, {args.epochs} epoch(s)")
     with tempfile.TemporaryDirectory() as root:
         folder, lock = create_compare_dir(Path(root), plan, {})

@@ -10,23 +10,15 @@ Usage: python bench/cpu_step_options.py [--steps 200] [--models 5] [--repeats 2]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-from dl_lab.training.device import cpu_name
+from dl_lab.training.device import cpu_kind
 
 SIZES = [(784, 256), (256, 256), (256, 10)]
-
-
-def cpu_flags() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
-        flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-        return ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none of note"
-    return "unknown"
 
 
 def stacked_params(models: int) -> list[torch.Tensor]:
@@ -83,7 +75,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(60000, 784, generator=generator), torch.randint(0, 10, (60000,), generator=generator)
     modes = ["fp32", "bf16", *(["compile"] if args.compile else []), "fp32, 1 thread"]
-    print(f"machine: {cpu_name()} ({cpu_flags()}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_kind()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     threads = torch.get_num_threads()
     for models in (1, args.models):
         times: dict[str, list[float]] = {mode: [] for mode in modes}

@@ -18,7 +18,7 @@ import torch
 from dl_lab.components.model import build_mlp, linear_layers
 from dl_lab.config.loader import load_config
 from dl_lab.experiments.execute import device_and_data
-from dl_lab.training.device import device_name
+from dl_lab.training.device import hardware
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.engine import Observer, train
 
@@ -59,7 +59,7 @@ def main() -> None:
         torch.cuda.synchronize(device)
     norm_seconds = (time.perf_counter() - start) / 2000
     steps = result.plan.steps
-    print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         f"relu preset (784-256-256-10, Adam, batch 100), {args.repeats} x {args.epochs} epochs each, first epoch of each run skipped"
     )

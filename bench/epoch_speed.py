@@ -116,9 +116,9 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    from dl_lab.training.device import device_name
+    from dl_lab.training.device import hardware
 
-    name = device_name(device)
+    name = hardware(device)
     print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{args.epochs} epochs each of 784-256-256-10 ReLU, Adam lr 0.001, batch 100, on {device}")
     medians = {}

@@ -19,7 +19,7 @@ import torch
 from dl_lab.config.loader import load_config
 from dl_lab.experiments.execute import device_and_data
 from dl_lab.training import engine, stack
-from dl_lab.training.device import device_name
+from dl_lab.training.device import hardware
 from dl_lab.training.engine import Observer, SequentialEngine
 from dl_lab.training.stack import BatchedEngine
 
@@ -60,7 +60,7 @@ def main() -> None:
                     seconds.setdefault((name, mode), []).append(time.perf_counter() - start)
                 numbers[(name, mode)] = [(m.train_loss, m.test_loss, m.test_acc) for r in results for m in r.history]
     model_epochs = args.seeds * args.epochs
-    print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         f"preset {args.preset} {' '.join(args.set)}, {args.seeds} seeds x {args.epochs} epoch(s), "
         f"median of {args.repeats}, seconds per model-epoch"

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dl_lab.training.device import cpu_name
+from dl_lab.training.device import cpu_kind
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         torch = any(line.rsplit("|", 1)[-1].strip() == "torch" for line in done.stderr.splitlines())
         listed = done.stdout.strip().splitlines()[-1]
-    print(f"machine: {cpu_name()}")
+    print(f"machine: {cpu_kind()}")
     print(
         f"dllab runs ls on {args.runs} run folders: {statistics.median(times):.2f} s (median of 5; '{listed}'); "
         f"torch imported: {torch}"

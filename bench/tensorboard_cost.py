@@ -22,7 +22,7 @@ from dl_lab.config.loader import load_config
 from dl_lab.experiments.execute import device_and_data
 from dl_lab.runs.recorder import RunRecorder
 from dl_lab.runs.tensorboard import EventLog
-from dl_lab.training.device import device_name
+from dl_lab.training.device import hardware
 from dl_lab.training.engine import SequentialEngine
 
 
@@ -54,7 +54,7 @@ def main() -> None:
         events.close({}, {})
     off, on = (statistics.median(seconds[live]) for live in (False, True))
     epoch = statistics.median(epoch_seconds)
-    print(f"machine: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"relu preset, {args.repeats} x {args.epochs}-epoch runs each, recorded into run folders")
     print(
         f"train.tensorboard off: {off:.2f} s per run (median); on: {on:.2f} s; on/off = {on / off:.3f} (noise: a few %)"

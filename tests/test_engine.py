@@ -295,3 +295,21 @@ def configure_math_default() -> None:
     from dl_lab.training.engine import configure_math
 
     configure_math(make_config(), CPU)
+
+
+def test_cpu_flags_are_read_from_cpuinfo_and_missing_cpuinfo_is_no_error(monkeypatch, tmp_path):
+    import builtins
+
+    from dl_lab.training import device as device_module
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx512f sse avx512_bf16 amx_tile\n")
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k)
+    )
+    assert device_module.cpu_flags() == ["avx512f", "avx512_bf16"]  # amx_tile alone is not amx_bf16
+    assert device_module.cpu_kind() == "Some CPU (avx512f, avx512_bf16)"
+    info.unlink()
+    assert device_module.cpu_flags() == []
+    assert device_module.cpu_kind().endswith("(no avx512f, no native bf16)")

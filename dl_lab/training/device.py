@@ -37,6 +37,29 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+def hardware(device: torch.device) -> str:
+    """For benchmark output: the GPU's name, or the CPU's with the features that decide its speed here."""
+    return device_name(device) if device.type == "cuda" else cpu_kind()
+
+
+NOTABLE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # fp32 width; native bf16 (train.bf16_matmul)
+
+
+def cpu_flags() -> list[str]:
+    """Which of NOTABLE_FLAGS this CPU has (Linux /proc/cpuinfo; [] where it cannot be told)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in NOTABLE_FLAGS if flag in flags]
+
+
+def cpu_kind() -> str:
+    """The CPU's name and notable flags, e.g. 'Intel(R) Xeon(R) Processor (avx512f, avx512_bf16, amx_bf16)'."""
+    return f"{cpu_name()} ({', '.join(cpu_flags()) or 'no avx512f, no native bf16'})"
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
