@@ -176,3 +176,13 @@ def test_no_process_to_spare_means_every_plot_is_drawn_here(results, tmp_path, m
     monkeypatch.setattr(plots.os, "fork", no_fork)
     assert [p.name for p in plots.write_plots(results, tmp_path)] == list(plots.PLOT_NAMES)
     assert written(tmp_path) == ALL
+
+
+@pytest.mark.parametrize("names", [plots.PLOT_NAMES, tuple(plots.PLOTS), ("curves.png", "final_accuracy.png")])
+def test_the_two_shares_hold_every_plot_once_and_about_equal_drawing_time(names):
+    theirs, mine = plots.split_by_cost(names)
+    assert sorted(theirs + mine) == sorted(names) and theirs and mine
+    cost = [sum(plots.COST[name] for name in share) for share in (theirs, mine)]
+    assert abs(cost[0] - cost[1]) <= max(plots.COST[name] for name in names)
+    if len(names) == 5:  # the 2 x 5 grid's plots: the longest share is within 5% of half the work
+        assert max(cost) <= 1.05 * sum(cost) / 2
