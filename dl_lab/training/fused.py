@@ -9,8 +9,8 @@ _log_softmax_backward_data, ...), so each gradient is bitwise the one ``loss.bac
 in ``.grad`` (tests/test_fused.py checks this for every activation, dropout and the stacked layout).
 
 Used for training steps on the CPU only: on CUDA the step is launch-bound and keeps autograd (and CUDA
-graphs) until measured on a GPU. A model with a layer not listed here (batch norm, an activation
-without an entry in ACTIVATION_GRADS) keeps autograd as well.
+graphs) until measured on a GPU. A model with a layer not handled here (batch norm, an activation
+``elementwise`` does not know) keeps autograd as well; evaluation never uses this.
 """
 
 from __future__ import annotations
@@ -168,9 +168,14 @@ def run_backward(ops: Sequence[Op], saved: list[torch.Tensor], grad: torch.Tenso
         grad = out
 
 
+def used_on(device: torch.device) -> bool:
+    """Where training steps take the hand-written pass: the CPU (CUDA is not measured yet)."""
+    return device.type == "cpu"
+
+
 def single_pass(model: nn.Sequential, device: torch.device) -> Pass | None:
     """The hand-written pass for one nn.Sequential with mean cross-entropy, or None where it keeps autograd."""
-    if device.type != "cpu":
+    if not used_on(device):
         return None
     ops: list[Op] = []
     for layer in model:

@@ -28,7 +28,7 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.engine import Member, train, train_unit
 from dl_lab.training.events import Observer
-from dl_lab.training.fused import MaskOp, Op, StackedLinearOp, elementwise, stacked_pass
+from dl_lab.training.fused import MaskOp, Op, StackedLinearOp, elementwise, stacked_pass, used_on
 from dl_lab.training.results import TrainResult
 from dl_lab.training.stackable import plan_batches
 
@@ -254,7 +254,7 @@ class StackNet:
             per_model.sum().backward()  # the models share no parameters: each gets its own gradient
             return per_model.detach(), logits.detach()
 
-        ops = fused_ops(stack, streams) if split.x.device.type == "cpu" else None
+        ops = fused_ops(stack, streams) if used_on(split.x.device) else None
         forward_backward = autograd_pass if ops is None else stacked_pass(ops)
 
         def body(index: torch.Tensor) -> StepOut:
