@@ -4,8 +4,11 @@
 (b) dllab:   dl_lab.training.engine.train on the same MLP (784-256-256-10 ReLU) and optimizer (Adam lr 0.001)
 (c) floor:   a bare loop over preloaded tensors with index-slice batches, the same maths
 
-Each epoch includes one evaluation of the 10k test images, for all three. Prints medians and ratios.
-Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--device cpu]
+Each epoch includes one evaluation of the 10k test images, for all three. With --rounds R the three
+pipelines take turns R times (the order rotating each round), and the ratios are taken within each
+round, so a machine that gets busier or quieter over the minutes shifts all three alike. Prints each
+round's median seconds per epoch and ratios, and the median ratios over the rounds.
+Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--rounds 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def floor(root: str, device: torch.device, epochs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
     args = parser.parse_args()
@@ -121,17 +125,24 @@ def main() -> None:
     name = hardware(device)
     print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{args.epochs} epochs each of 784-256-256-10 ReLU, Adam lr 0.001, batch 100, on {device}")
-    medians = {}
-    for label, fn in [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]:
-        times = fn(args.root, device, args.epochs)
-        medians[label] = statistics.median(times)
-    base = medians["classic lab loop"]
-    print(f"\n{'pipeline':<18} {'s/epoch (median)':>17} {'speed-up vs classic':>20}")
-    for label, seconds in medians.items():
-        print(f"{label:<18} {seconds:>17.3f} {base / seconds:>19.2f}x")
-    print(
-        f"\ndllab / bare loop: {medians['dllab engine'] / medians['bare tensor loop']:.2f} (1.00 = no framework overhead)"
-    )
+    pipelines = [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]
+    speedups, overheads = [], []
+    for round_ in range(args.rounds):
+        turn = pipelines[round_ % 3 :] + pipelines[: round_ % 3]
+        medians = {label: statistics.median(fn(args.root, device, args.epochs)) for label, fn in turn}
+        base = medians["classic lab loop"]
+        print(f"\nround {round_ + 1}: {'pipeline':<18} {'s/epoch (median)':>17} {'speed-up vs classic':>20}")
+        for label, _ in pipelines:
+            print(f"         {label:<18} {medians[label]:>17.3f} {base / medians[label]:>19.2f}x")
+        speedups.append(base / medians["dllab engine"])
+        overheads.append(medians["dllab engine"] / medians["bare tensor loop"])
+        print(f"         dllab / bare loop: {overheads[-1]:.2f} (1.00 = no framework overhead)")
+    if args.rounds > 1:
+        print(
+            f"\nover {args.rounds} rounds: classic / dllab {statistics.median(speedups):.2f}x "
+            f"(each round: {', '.join(f'{r:.2f}' for r in speedups)}); dllab / bare loop "
+            f"{statistics.median(overheads):.2f} (each: {', '.join(f'{r:.2f}' for r in overheads)})"
+        )
 
 
 if __name__ == "__main__":
