@@ -1,5 +1,5 @@
 """A training step's forward and backward pass written out by hand, for MLPs of Linear layers,
-elementwise activations and dropout (every preset of the lab but batch norm).
+elementwise activations, dropout and (one model's) batch norm: every preset of the lab.
 
 Autograd records a graph node per operation on every step and walks it back; for a model this small
 that bookkeeping costs about as much as the arithmetic on a CPU. Here the forward pass keeps exactly
@@ -9,14 +9,15 @@ _log_softmax_backward_data, ...), so each gradient is bitwise the one ``loss.bac
 in ``.grad`` (tests/test_fused.py checks this for every activation, dropout and the stacked layout).
 
 Used for training steps on the CPU only: on CUDA the step is launch-bound and keeps autograd (and CUDA
-graphs) until measured on a GPU. A model with a layer not handled here (batch norm, an activation
-``elementwise`` does not know) keeps autograd as well; evaluation never uses this.
+graphs) until measured on a GPU. A model with a layer not handled here (a stack's batch norm, which
+stack.py computes from its own pieces; an activation ``elementwise`` does not know) keeps autograd as
+well; evaluation never uses this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -34,9 +35,9 @@ SELU_SCALE = 1.0507009873554804934193349852946
 class Op(Protocol):
     """One layer of the hand-written pass: forward returns its output and what backward needs."""
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
 
-    def backward(self, grad: torch.Tensor, saved: torch.Tensor) -> torch.Tensor | None: ...
+    def backward(self, grad: torch.Tensor, saved: Any) -> torch.Tensor | None: ...
 
 
 class LinearOp:
@@ -145,11 +146,46 @@ def dropout_mask(p: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return draw
 
 
+class BatchNormOp:
+    """nn.BatchNorm1d in training mode, as its forward calls it (F.batch_norm -> native_batch_norm, which
+    updates the running statistics; num_batches_tracked counted as the module counts it) and as
+    NativeBatchNormBackward0 differentiates it."""
+
+    def __init__(self, module: nn.BatchNorm1d) -> None:
+        self.module = module
+
+    @staticmethod
+    def handles(module: nn.Module) -> bool:
+        """The plain configuration build_mlp makes: affine, running statistics, a fixed momentum."""
+        return (
+            isinstance(module, nn.BatchNorm1d)
+            and module.affine
+            and module.track_running_stats
+            and module.momentum is not None
+            and module.num_batches_tracked is not None
+        )
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        bn = self.module
+        bn.num_batches_tracked.add_(1)
+        out, mean, invstd = aten.native_batch_norm(
+            h, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
+        )
+        return out, (h, mean, invstd)
+
+    def backward(self, grad: torch.Tensor, saved: Any) -> torch.Tensor | None:
+        bn, (h, mean, invstd) = self.module, saved
+        grad_input, bn.weight.grad, bn.bias.grad = aten.native_batch_norm_backward(
+            grad, h, bn.weight, bn.running_mean, bn.running_var, mean, invstd, True, bn.eps, [True, True, True]
+        )
+        return grad_input
+
+
 # (inputs, targets) -> (loss, detached logits), with every parameter's .grad set
 Pass = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def run_pass(ops: Sequence[Op], inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def run_pass(ops: Sequence[Op], inputs: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
     """Forward through ``ops``: the logits and what each op saved."""
     saved = []
     h = inputs
@@ -159,7 +195,7 @@ def run_pass(ops: Sequence[Op], inputs: torch.Tensor) -> tuple[torch.Tensor, lis
     return h, saved
 
 
-def run_backward(ops: Sequence[Op], saved: list[torch.Tensor], grad: torch.Tensor) -> None:
+def run_backward(ops: Sequence[Op], saved: list[Any], grad: torch.Tensor) -> None:
     """Backward through ``ops`` from the gradient of the logits; the first Linear stops it."""
     for op, kept in zip(reversed(ops), reversed(saved)):
         out = op.backward(grad, kept)
@@ -183,6 +219,8 @@ def single_pass(model: nn.Sequential, device: torch.device) -> Pass | None:
             ops.append(LinearOp(layer.weight, layer.bias, first=not ops))
         elif isinstance(layer, nn.Dropout):
             ops.append(MaskOp(dropout_mask(layer.p)))
+        elif BatchNormOp.handles(layer):
+            ops.append(BatchNormOp(layer))
         elif (op := elementwise(layer)) is not None:
             ops.append(op)
         else:
