@@ -69,12 +69,17 @@ def test_single_pass_gives_autograds_loss_logits_gradients_and_statistics_bit_fo
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "gelu"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_stacked_pass_gives_the_autograd_stacks_losses_and_gradients_bit_for_bit(activation, dropout):
-    models = [model_for(seed, activation=activation, dropout=dropout) for seed in (1, 2, 3)]
+@pytest.mark.parametrize("batchnorm", [False, {"position": "before"}, {"position": "after"}])
+def test_stacked_pass_gives_the_autograd_stacks_losses_gradients_and_statistics_bit_for_bit(
+    activation, dropout, batchnorm
+):
+    models = [model_for(seed, activation=activation, dropout=dropout, batchnorm=batchnorm) for seed in (1, 2, 3)]
     inputs, targets = batch(4, count=3)
+    stacks = []
 
     def run(fused_pass: bool):
         the_stack = Stack(models, [dropout] * 3, CPU)
+        stacks.append(the_stack)
         streams = [torch.Generator().manual_seed(10 + i) for i in range(3)]
         if fused_pass:
             ops = stack.fused_ops(the_stack, streams)
@@ -91,12 +96,27 @@ def test_stacked_pass_gives_the_autograd_stacks_losses_and_gradients_bit_for_bit
     assert torch.equal(have[0], want[0]) and torch.equal(have[1], want[1])
     for expected, got in zip(want[2], have[2], strict=True):
         assert torch.equal(got, expected)
+    for expected, got in zip(*(s.buffers() for s in stacks), strict=True):  # batch norm's running statistics
+        assert torch.equal(got, expected)
+    assert len(stacks[0].buffers()) == (4 if batchnorm else 0)
 
 
-def test_a_stacks_batch_norm_other_batch_norms_and_other_devices_keep_autograd():
+def test_a_stacks_batch_norm_is_each_models_own_batch_norm():
+    """The (B, M * F) columns trick: each model normalized over its own batch, running statistics its own."""
+    models = [model_for(seed, batchnorm={"position": "before"}) for seed in (1, 2)]
+    inputs, _ = batch(6, count=2)
+    the_stack = Stack(models, [0.0, 0.0], CPU)
+    with torch.no_grad():
+        stacked = the_stack.forward(inputs, True, [])
+        alone = torch.stack([model(x) for model, x in zip(models, inputs)])
+    assert torch.allclose(stacked, alone, rtol=1e-5, atol=1e-5)
+    for index, model in enumerate(models):
+        assert torch.allclose(the_stack.buffers()[0][index], model[1].running_mean, atol=1e-6)
+        assert torch.allclose(the_stack.buffers()[1][index], model[1].running_var, atol=1e-6)
+
+
+def test_other_batch_norms_and_other_devices_keep_autograd():
     assert fused.single_pass(model_for(1), torch.device("meta")) is None
-    bn = [model_for(seed, batchnorm={"position": "after"}) for seed in (1, 2)]
-    assert stack.fused_ops(Stack(bn, [0.0, 0.0], CPU), []) is None
     unusual = model_for(1, batchnorm=True)
     unusual[1].momentum = None  # a cumulative average: not what build_mlp makes
     assert fused.single_pass(unusual, CPU) is None
@@ -124,7 +144,7 @@ def history(result) -> list[tuple]:
     [
         {"dropout": 0.25, "activation": "tanh"},
         {"activation": "sigmoid"},
-        {"batchnorm": {"position": "after"}, "dropout": 0.2},  # the stack keeps autograd, one model does not
+        {"batchnorm": {"position": "after"}, "dropout": 0.2},
     ],
 )
 def test_training_with_the_hand_written_pass_records_exactly_what_autograd_training_records(model, monkeypatch):
@@ -135,8 +155,7 @@ def test_training_with_the_hand_written_pass_records_exactly_what_autograd_train
     monkeypatch.setattr(engine, "single_pass", lambda *a: calls.append("single") or single(*a))
     monkeypatch.setattr(stack, "stacked_pass", lambda *a: calls.append("stacked") or stacked(*a))
     hand = [train(configs[0], data, CPU, Observer()), *train_batched(configs, data, CPU, Observer())]
-    # both engines took the hand-written pass, but for a stack with batch norm
-    assert calls == (["single"] if "batchnorm" in model else ["single", "stacked"])
+    assert calls == ["single", "stacked"]  # both engines took the hand-written pass
 
     monkeypatch.setattr(engine, "single_pass", lambda *a: None)
     monkeypatch.setattr(stack, "fused_ops", lambda *a: None)

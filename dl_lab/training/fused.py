@@ -1,5 +1,5 @@
 """A training step's forward and backward pass written out by hand, for MLPs of Linear layers,
-elementwise activations, dropout and (one model's) batch norm: every preset of the lab.
+elementwise activations, dropout and batch norm: every preset of the lab.
 
 Autograd records a graph node per operation on every step and walks it back; for a model this small
 that bookkeeping costs about as much as the arithmetic on a CPU. Here the forward pass keeps exactly
@@ -9,9 +9,9 @@ _log_softmax_backward_data, ...), so each gradient is bitwise the one ``loss.bac
 in ``.grad`` (tests/test_fused.py checks this for every activation, dropout and the stacked layout).
 
 Used for training steps on the CPU only: on CUDA the step is launch-bound and keeps autograd (and CUDA
-graphs) until measured on a GPU. A model with a layer not handled here (a stack's batch norm, which
-stack.py computes from its own pieces; an activation ``elementwise`` does not know) keeps autograd as
-well; evaluation never uses this.
+graphs) until measured on a GPU. A model with a layer not handled here (an activation ``elementwise``
+does not know, a batch norm configured otherwise than build_mlp does) keeps autograd as well;
+evaluation never uses this.
 """
 
 from __future__ import annotations
@@ -147,38 +147,75 @@ def dropout_mask(p: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class BatchNormOp:
-    """nn.BatchNorm1d in training mode, as its forward calls it (F.batch_norm -> native_batch_norm, which
-    updates the running statistics; num_batches_tracked counted as the module counts it) and as
-    NativeBatchNormBackward0 differentiates it."""
+    """Batch norm in training mode as nn.BatchNorm1d's forward calls it (F.batch_norm -> native_batch_norm,
+    which updates the running statistics in place) and as NativeBatchNormBackward0 differentiates it.
 
-    def __init__(self, module: nn.BatchNorm1d) -> None:
-        self.module = module
+    One model: (B, F) in and out, and num_batches_tracked counted as the module counts it. A stack
+    (stack.py's StackedBatchNorm, parameters and statistics (M, F)): (M, B, F) in and out, normalized
+    as (B, M * F) columns through flat views, exactly as its own forward does."""
 
-    @staticmethod
-    def handles(module: nn.Module) -> bool:
-        """The plain configuration build_mlp makes: affine, running statistics, a fixed momentum."""
-        return (
-            isinstance(module, nn.BatchNorm1d)
-            and module.affine
-            and module.track_running_stats
-            and module.momentum is not None
-            and module.num_batches_tracked is not None
-        )
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running: tuple[torch.Tensor, torch.Tensor],
+        momentum: float,
+        eps: float,
+        counter: torch.Tensor | None = None,
+    ) -> None:
+        self.weight, self.bias, self.running, self.momentum, self.eps = weight, bias, running, momentum, eps
+        self.counter, self.stacked = counter, weight.dim() == 2
+
+    @classmethod
+    def of(cls, module: nn.Module) -> BatchNormOp | None:
+        """For an nn.BatchNorm1d as build_mlp makes it (affine, running statistics, a fixed momentum)."""
+        if not (isinstance(module, nn.BatchNorm1d) and module.affine and module.track_running_stats):
+            return None
+        if module.momentum is None or module.num_batches_tracked is None:
+            return None
+        running = (module.running_mean, module.running_var)
+        return cls(module.weight, module.bias, running, module.momentum, module.eps, module.num_batches_tracked)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        bn = self.module
-        bn.num_batches_tracked.add_(1)
+        if self.counter is not None:
+            self.counter.add_(1)
+        flat = columns(h) if self.stacked else h
         out, mean, invstd = aten.native_batch_norm(
-            h, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, bn.momentum, bn.eps
+            flat, self.weight.view(-1), self.bias.view(-1), *self._running(), True, self.momentum, self.eps
         )
-        return out, (h, mean, invstd)
+        return (uncolumns(out, h.shape) if self.stacked else out), (flat, mean, invstd)
 
     def backward(self, grad: torch.Tensor, saved: Any) -> torch.Tensor | None:
-        bn, (h, mean, invstd) = self.module, saved
-        grad_input, bn.weight.grad, bn.bias.grad = aten.native_batch_norm_backward(
-            grad, h, bn.weight, bn.running_mean, bn.running_var, mean, invstd, True, bn.eps, [True, True, True]
+        flat, mean, invstd = saved
+        grad_input, grad_weight, grad_bias = aten.native_batch_norm_backward(
+            columns(grad) if self.stacked else grad,
+            flat,
+            self.weight.view(-1),
+            *self._running(),
+            mean,
+            invstd,
+            True,
+            self.eps,
+            [True, True, True],
         )
-        return grad_input
+        self.weight.grad, self.bias.grad = grad_weight.view(self.weight.shape), grad_bias.view(self.bias.shape)
+        return uncolumns(grad_input, grad.shape) if self.stacked else grad_input
+
+    def _running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.running[0].view(-1), self.running[1].view(-1)
+
+
+def columns(h: torch.Tensor) -> torch.Tensor:
+    """(M, B, F) -> (B, M * F): each model's features side by side, one sample per row. One batch norm
+    over these columns is M per-model batch norms."""
+    count, batch, features = h.shape
+    return h.transpose(0, 1).reshape(batch, count * features)
+
+
+def uncolumns(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """columns() undone: (B, M * F) -> (M, B, F), as a view."""
+    count, batch, features = shape
+    return flat.view(batch, count, features).transpose(0, 1)
 
 
 # (inputs, targets) -> (loss, detached logits), with every parameter's .grad set
@@ -219,9 +256,7 @@ def single_pass(model: nn.Sequential, device: torch.device) -> Pass | None:
             ops.append(LinearOp(layer.weight, layer.bias, first=not ops))
         elif isinstance(layer, nn.Dropout):
             ops.append(MaskOp(dropout_mask(layer.p)))
-        elif BatchNormOp.handles(layer):
-            ops.append(BatchNormOp(layer))
-        elif (op := elementwise(layer)) is not None:
+        elif (op := BatchNormOp.of(layer) or elementwise(layer)) is not None:
             ops.append(op)
         else:
             return None

@@ -28,7 +28,17 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.engine import Member, train, train_unit
 from dl_lab.training.events import Observer
-from dl_lab.training.fused import MaskOp, Op, StackedLinearOp, elementwise, stacked_pass, used_on
+from dl_lab.training.fused import (
+    BatchNormOp,
+    MaskOp,
+    Op,
+    StackedLinearOp,
+    columns,
+    elementwise,
+    stacked_pass,
+    uncolumns,
+    used_on,
+)
 from dl_lab.training.results import TrainResult
 from dl_lab.training.stackable import plan_batches
 
@@ -84,7 +94,11 @@ class StackedLinear:
 
 
 class StackedBatchNorm:
-    """M BatchNorm1d layers, each over its own model's batch (dim 1); parameters and running stats (M, F)."""
+    """M BatchNorm1d layers, each over its own model's batch (dim 1); parameters and running stats (M, F).
+
+    One batch norm over (B, M * F) columns is M per-model ones: each column is one model's feature,
+    normalized over that model's B samples. So the stack calls the kernel a lone model's BatchNorm1d
+    calls (native_batch_norm, which also updates the running statistics, through (M * F,) views)."""
 
     def __init__(self, layers: Sequence[nn.BatchNorm1d]) -> None:
         self.weight = _leaf([layer.weight for layer in layers])
@@ -94,17 +108,17 @@ class StackedBatchNorm:
         self.eps, self.momentum = layers[0].eps, layers[0].momentum
 
     def forward(self, h: torch.Tensor, training: bool, streams: Sequence[torch.Generator]) -> torch.Tensor:
-        if training:
-            mean = h.mean(dim=1)
-            var = h.var(dim=1, unbiased=False)
-            with torch.no_grad():
-                count, momentum = h.shape[1], self.momentum
-                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                self.running_var.mul_(1 - momentum).add_(var.detach() * count / max(count - 1, 1), alpha=momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        normalized = (h - mean.unsqueeze(1)) / torch.sqrt(var.unsqueeze(1) + self.eps)
-        return normalized * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+        out = F.batch_norm(
+            columns(h),
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.view(-1),
+            self.bias.view(-1),
+            training=training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        return uncolumns(out, h.shape)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.weight, self.bias]
@@ -216,6 +230,9 @@ def fused_ops(stack: Stack, streams: Sequence[torch.Generator]) -> list[Op] | No
             ops.append(StackedLinearOp(layer.weight, layer.bias, first=not ops))
         elif isinstance(layer, StackedDropout):
             ops.append(MaskOp(lambda h, dropout=layer: dropout.mask(h, streams)))
+        elif isinstance(layer, StackedBatchNorm):
+            running = (layer.running_mean, layer.running_var)
+            ops.append(BatchNormOp(layer.weight, layer.bias, running, layer.momentum, layer.eps))
         elif isinstance(layer, StackedActivation) and (op := elementwise(layer.module)) is not None:
             ops.append(op)
         else:
