@@ -247,6 +247,12 @@ def test_training_single_and_stacked_runs_never_loads_torch_dynamo():
     assert done.stdout.split() == ["['completed',", "'completed',", "'completed']", "False"]
 
 
+def configure_math_default() -> None:
+    from dl_lab.training.engine import configure_math
+
+    configure_math(make_config(), CPU)
+
+
 @pytest.mark.parametrize(
     "device, train_section, precision, cudnn_tf32",
     [
@@ -288,13 +294,6 @@ def test_bf16_matmuls_train_to_the_fp32_result_within_noise_and_never_stack_with
     assert abs(rounded.final.train_loss - exact.final.train_loss) <= 0.05 * exact.final.train_loss
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CPU does bf16: the products were rounded
         assert rounded.final.train_loss != exact.final.train_loss
-    assert torch.get_float32_matmul_precision() == "highest"
-
-
-def configure_math_default() -> None:
-    from dl_lab.training.engine import configure_math
-
-    configure_math(make_config(), CPU)
 
 
 def test_cpu_flags_are_read_from_cpuinfo_and_missing_cpuinfo_is_no_error(monkeypatch, tmp_path):
