@@ -163,3 +163,15 @@ def test_training_with_the_hand_written_pass_records_exactly_what_autograd_train
     for one, other in zip(hand, auto, strict=True):
         assert history(one) == history(other)
     assert hand[0].final.test_acc > 0.3  # it learned something
+
+
+def test_softmax_regression_one_linear_layer_takes_the_pass_too():
+    model = build_mlp(ModelConfig.model_validate({"hidden": [], "init": "xavier_uniform"}), 20, 5)
+    inputs, targets = batch(3)
+    auto, hand = copy.deepcopy(model), copy.deepcopy(model)
+    F.cross_entropy(auto(inputs), targets).backward()
+    forward_backward = fused.single_pass(hand, CPU)
+    assert forward_backward is not None
+    forward_backward(inputs, targets)
+    for want, have in zip(auto.parameters(), hand.parameters(), strict=True):
+        assert torch.equal(have.grad, want.grad)
