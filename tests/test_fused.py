@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_batched import config  # the batched engine's small synthetic runs
 from torch import nn
 from torch.nn import functional as F
 
 from dl_lab.components.datasets import DataRoot, load_dataset
 from dl_lab.components.model import build_mlp
-from dl_lab.config.schema import ExperimentConfig, ModelConfig
+from dl_lab.config.schema import ModelConfig
 from dl_lab.training import engine, fused, stack
 from dl_lab.training.engine import Observer, train
 from dl_lab.training.stack import Stack, train_batched
@@ -122,19 +123,6 @@ def test_other_batch_norms_and_other_devices_keep_autograd():
     assert fused.single_pass(unusual, CPU) is None
 
 
-def experiment(seed: int, **model) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
-        {
-            "name": "f",
-            "seed": seed,
-            "device": "cpu",
-            "data": {"dataset": "synthetic", "train_subset": 1000},
-            "model": {"hidden": [48, 24], "init": "xavier_uniform", **model},
-            "train": {"epochs": 2, "step_grad_norms": True},
-        }
-    )
-
-
 def history(result) -> list[tuple]:
     return [(m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.diagnostics) for m in result.history]
 
@@ -148,7 +136,7 @@ def history(result) -> list[tuple]:
     ],
 )
 def test_training_with_the_hand_written_pass_records_exactly_what_autograd_training_records(model, monkeypatch):
-    configs = [experiment(seed, **model) for seed in (3, 4)]
+    configs = [config(seed, step_grad_norms=True, **model) for seed in (3, 4)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
     calls = []
     single, stacked = fused.single_pass, stack.stacked_pass
