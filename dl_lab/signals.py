@@ -8,14 +8,22 @@ closed terminal the same way. The exit code is 128 + the signal's number (130, 1
 that arrives inside it is held and raised when the section ends, so a result is never half-committed.
 The handlers run in Python between bytecodes, which is why masking with pthread_sigmask is not used:
 torch's worker threads would receive the signal instead.
+
+Between bytecodes can mean inside code whose exceptions Python cannot propagate: a weakref callback,
+``__del__``, a garbage-collector callback (matplotlib frees figures through WeakKeyDictionary
+callbacks). There the exception is handed to ``sys.unraisablehook`` and lost; ``install`` sets a hook
+that sends the signal again instead, so it is raised in ordinary code an instant later.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -28,15 +36,44 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-_state = {"received": None, "depth": 0, "pending": None}
+_state = {"received": None, "depth": 0, "pending": None, "redelivering": False}
 
 
 def _handler(signum: int, frame: object) -> None:
     _state["received"] = signum
+    if _state["redelivering"]:
+        _send_later(signum)
+        return
     if _state["depth"]:
         _state["pending"] = _state["pending"] or signum
         return
     raise Interrupted(signum)
+
+
+def redeliver(unraisable: Any) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt (a signal's Interrupted, or a forked helper's own
+    interrupt) raised where it cannot propagate is sent again as its signal, silently; anything else
+    goes to Python's own hook."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    _state["redelivering"] = True  # a handler running inside this hook would be lost too: it sends later
+    try:
+        _send_later(getattr(unraisable.exc_value, "signum", signal.SIGINT))
+    finally:
+        _state["redelivering"] = False
+
+
+def _send_later(signum: int) -> None:
+    """Send ``signum`` to the main thread from another thread, so its handler runs at a bytecode
+    boundary after the current hook has returned (raise_signal would run it at once, in the hook); a
+    real signal, so a blocking call the main thread has entered meanwhile is interrupted too."""
+    send = getattr(signal, "pthread_kill", None)
+    with contextlib.suppress(RuntimeError):  # no new threads while the interpreter shuts down
+        if send is None:  # Windows: no per-thread signals
+            _thread.start_new_thread(_thread.interrupt_main, (signum,))
+        else:
+            _thread.start_new_thread(send, (threading.main_thread().ident, signum))
 
 
 def install() -> None:
@@ -46,7 +83,10 @@ def install() -> None:
     `nohup dllab ...` ignores SIGHUP, and a shell ignores SIGINT for a job it put in the background."""
     if threading.current_thread() is not threading.main_thread():
         return
-    _state.update(received=None, depth=0, pending=None)  # one command per install (tests run several in a process)
+    _state.update(
+        received=None, depth=0, pending=None, redelivering=False
+    )  # one command per install (tests run several in a process)
+    sys.unraisablehook = redeliver
     for signum in HANDLED:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _handler)

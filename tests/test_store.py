@@ -191,10 +191,68 @@ def test_report_folders_refuse_runs_and_files_the_tool_did_not_write(tmp_path):
 @pytest.fixture
 def installed_signals():
     """dllab's signal handlers for the test, the defaults again after it."""
+    hook = sys.unraisablehook
     signals.install()
     yield
     for signum in signals.HANDLED:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    sys.unraisablehook = hook
+
+
+@pytest.mark.parametrize("where", ["__del__", "weakref callback"])
+def test_a_signal_raised_where_python_cannot_propagate_it_is_delivered_again_not_lost(where):
+    """A signal landing in a finalizer or weakref callback (matplotlib frees figures through
+    WeakKeyDictionary callbacks; found by a random SIGTERM point in CI) must still end the command."""
+    code = textwrap.dedent(
+        f"""
+        import signal, time, weakref
+        from dl_lab import signals
+
+        signals.install()
+
+        class Thing:
+            def __del__(self):
+                if {where == "__del__"!r}:
+                    raise signals.Interrupted(signal.SIGTERM)
+
+        def callback(ref):
+            raise signals.Interrupted(signal.SIGTERM)
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        start = time.monotonic()
+        try:
+            del thing  # the exception is raised where nothing can catch it
+            while time.monotonic() - start < 5:
+                time.sleep(0.001)  # ordinary code: where the signal must arrive again
+            print("lost")
+        except signals.Interrupted as caught:
+            print("raised", caught.signum == signal.SIGTERM, signals.exit_code(), time.monotonic() - start < 0.5)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["raised", "True", "143", "True"], done.stdout + done.stderr
+    assert done.stderr == ""  # no "Exception ignored ... Traceback"
+
+
+def test_other_exceptions_where_python_cannot_propagate_them_are_still_reported():
+    code = textwrap.dedent(
+        """
+        from dl_lab import signals
+
+        signals.install()
+
+        class Thing:
+            def __del__(self):
+                raise ValueError("boom")
+
+        Thing()
+        print("went on")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "went on\n"
+    assert "Exception ignored" in done.stderr and "ValueError: boom" in done.stderr
 
 
 def test_a_signal_in_a_deferred_section_waits_for_its_end(installed_signals):
