@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,14 @@ def _cpu_and_data_env(monkeypatch, session_tensor_cache):
     rather than the user's ~/.cache."""
     monkeypatch.setenv("DLLAB_DATA_DIR", str(MNIST_ROOT))
     monkeypatch.setenv("DLLAB_CACHE_DIR", str(session_tensor_cache))
+
+
+@pytest.fixture(autouse=True)
+def _denormals_kept_after():
+    """A command flushes denormals process-wide (training/device.py): each test starts with them kept."""
+    yield
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
 
 
 def sets(*assignments: str) -> list[str]:

@@ -18,7 +18,7 @@ from conftest import FAST
 
 from dl_lab.cli.app import app
 from dl_lab.config.loader import load_config
-from dl_lab.training.device import cpu_flags
+from dl_lab.training.device import cpu_flags, cpu_vendor
 
 
 def run_dirs(runs: Path) -> list[Path]:
@@ -40,6 +40,7 @@ def test_train_writes_the_four_files_and_prints_a_result(runner, fast_config, tm
     env = json.loads((folder / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["python"] and "git" in env
     assert env["cpu_flags"] == cpu_flags()  # a CPU run names what its CPU does (for train.bf16_matmul)
+    assert env["flush_denormals"] is (cpu_vendor() == "GenuineIntel" and torch.set_flush_denormal(False))
     assert load_config(str(folder / "config.yaml")).config == load_config(str(fast_config)).config.model_copy(
         update={"name": "fast"}
     )

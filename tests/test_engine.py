@@ -8,6 +8,7 @@ import torch
 from dl_lab.components.datasets import DataRoot, load_dataset
 from dl_lab.components.model import build_mlp
 from dl_lab.config.schema import ExperimentConfig
+from dl_lab.errors import ConfigError
 from dl_lab.training.engine import BatchPlan, SequentialEngine, evaluate_model, train
 from dl_lab.training.events import Observer, Observers
 
@@ -302,13 +303,48 @@ def test_cpu_flags_are_read_from_cpuinfo_and_missing_cpuinfo_is_no_error(monkeyp
     from dl_lab.training import device as device_module
 
     info = tmp_path / "cpuinfo"
-    info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx512f sse avx512_bf16 amx_tile\n")
+    info.write_text(
+        "vendor_id\t: AuthenticAMD\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f sse avx512_bf16 amx_tile\n"
+    )
     real_open = builtins.open
     monkeypatch.setattr(
         builtins, "open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k)
     )
     assert device_module.cpu_flags() == ["avx512f", "avx512_bf16"]  # amx_tile alone is not amx_bf16
     assert device_module.cpu_kind() == "Some CPU (avx512f, avx512_bf16)"
+    assert device_module.cpu_vendor() == "AuthenticAMD"
     info.unlink()
-    assert device_module.cpu_flags() == []
+    assert device_module.cpu_flags() == [] and device_module.cpu_vendor() == ""
     assert device_module.cpu_kind().endswith("(no avx512f, no native bf16)")
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
+@pytest.mark.parametrize(
+    "setting, vendor, device, flushed",
+    [
+        (None, "GenuineIntel", "cpu", True),  # auto: measured to pay on Intel
+        ("auto", "GenuineIntel", "cpu", True),
+        (None, "AuthenticAMD", "cpu", False),  # not measured there: left as it was
+        (None, "", "cpu", False),
+        (None, "GenuineIntel", "cuda", False),  # the CPU hardly computes for a CUDA run
+        (" ON ", "AuthenticAMD", "cpu", True),
+        ("off", "GenuineIntel", "cpu", False),
+    ],
+)
+def test_denormals_are_flushed_where_measured_or_asked(monkeypatch, setting, vendor, device, flushed):
+    from dl_lab.training import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_vendor", lambda: vendor)
+    environ = {} if setting is None else {"DLLAB_FLUSH_DENORMALS": setting}
+    torch.set_flush_denormal(not flushed)  # whatever came before
+    assert device_module.flush_denormals(torch.device(device), environ) is flushed
+    assert device_module.denormals_flushed() is flushed
+    tiny = torch.tensor([1e-30]) * torch.tensor([1e-9])  # 1e-39: a float32 denormal
+    assert (tiny.item() == 0.0) is flushed
+
+
+def test_an_unknown_denormals_setting_is_refused_with_what_is_allowed():
+    from dl_lab.training.device import flush_denormals
+
+    with pytest.raises(ConfigError, match=r"\$DLLAB_FLUSH_DENORMALS='yes please' is not a setting; allowed: auto"):
+        flush_denormals(CPU, {"DLLAB_FLUSH_DENORMALS": "yes please"})

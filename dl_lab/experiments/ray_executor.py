@@ -55,7 +55,7 @@ def import_ray() -> Any:
 
 def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     """Join the cluster at --address or $RAY_ADDRESS, else start a local Ray instance; workers get
-    $DLLAB_DATA_DIR and $DLLAB_CACHE_DIR through Ray's runtime env."""
+    $DLLAB_DATA_DIR, $DLLAB_CACHE_DIR and $DLLAB_FLUSH_DENORMALS through Ray's runtime env."""
     ray = import_ray()
     env_vars = {
         name: str(Path(environ[name]).expanduser().resolve())
@@ -64,6 +64,10 @@ def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     }
     if tensor_cache.cache_dir(environ) is None:
         env_vars[tensor_cache.ENV_CACHE_DIR] = tensor_cache.OFF
+    from dl_lab.training.device import ENV_FLUSH_DENORMALS  # torch: imported only where Ray is
+
+    if environ.get(ENV_FLUSH_DENORMALS):
+        env_vars[ENV_FLUSH_DENORMALS] = environ[ENV_FLUSH_DENORMALS]
     address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import dl_lab
-from dl_lab.training.device import cpu_flags, device_name
+from dl_lab.training.device import cpu_flags, denormals_flushed, device_name
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
@@ -57,6 +57,7 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,  # whether train.bf16_matmul can take effect
+        "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
         "cpu_threads": torch.get_num_threads(),
         "data_root": data_root or None,
         "git": git_commit(Path(dl_lab.__file__).resolve().parent),
