@@ -33,6 +33,7 @@ from dl_lab.training.fused import (
     MaskOp,
     Op,
     StackedLinearOp,
+    bernoulli,
     columns,
     elementwise,
     stacked_pass,
@@ -158,10 +159,7 @@ class StackedDropout(_Stateless):
     def mask(self, h: torch.Tensor, streams: Sequence[torch.Generator]) -> torch.Tensor:
         """Each model's scaled Bernoulli(1 - p) mask for ``h`` (M, B, features), from its own stream."""
         noise = torch.stack(
-            [
-                torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=stream)
-                for keep, stream in zip(self.keep, streams)
-            ]
+            [bernoulli(h.shape[1:], keep, stream, h.device) for keep, stream in zip(self.keep, streams)]
         )
         return noise.div_(self.scale)
 
