@@ -165,24 +165,6 @@ def test_softmax_regression_one_linear_layer_takes_the_pass_too():
         assert torch.equal(have.grad, want.grad)
 
 
-@pytest.mark.parametrize("shape", [(1,), (7, 3), (100, 512), (1000, 784)])
-@pytest.mark.parametrize("keep", [0.5, 0.7, 0.999])
-@pytest.mark.parametrize("own_generator", [False, True])
-def test_masks_are_bernoullis_draws_and_leave_the_generator_where_bernoulli_does(shape, keep, own_generator):
-    generator = torch.Generator().manual_seed(11) if own_generator else None
-    get = generator.get_state if generator else torch.get_rng_state
-    put = generator.set_state if generator else torch.set_rng_state
-    before = get()
-    expected = torch.empty(shape).bernoulli_(keep, generator=generator)
-    after = get()
-    put(before)
-    mask = fused.bernoulli(shape, keep, generator, torch.device("cpu"))
-    assert mask.dtype == torch.float32 and torch.equal(mask, expected)
-    assert torch.equal(get(), after)
-    if expected.numel() > 100:
-        assert 0.4 * keep < expected.mean() < min(1.0, 1.6 * keep)  # real draws, not a constant
-
-
 def test_a_lone_models_dropout_mask_is_nn_dropouts():
     torch.manual_seed(5)
     reference = F.dropout(torch.ones(100, 256), 0.3, training=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dl_lab.components.model import linear_layers
+from dl_lab.components.sampling import bernoulli_sample
 from dl_lab.config.schema import RbmConfig
 
 # on_epoch(layer, epoch, reconstruction_error, seconds): layer is the 1-based hidden layer; the error is the
@@ -54,13 +55,13 @@ def _train_rbm(
         for first in range(0, n, cfg.batch_size):
             v0 = data.index_select(0, permutation[first : first + cfg.batch_size])
             ph0 = torch.sigmoid(v0 @ weight.T + hidden_bias)
-            h = torch.bernoulli(ph0)
+            h = bernoulli_sample(ph0)
             for step in range(cfg.k):
                 pv = torch.sigmoid(h @ weight + visible_bias)
                 if step == 0:
                     error += (v0 - pv).square().sum()  # one up-down pass from the data
                 ph = torch.sigmoid(pv @ weight.T + hidden_bias)
-                h = torch.bernoulli(ph)
+                h = bernoulli_sample(ph)
             rate = cfg.lr / v0.shape[0]
             weight += rate * (ph0.T @ v0 - ph.T @ pv)
             visible_bias += rate * (v0 - pv).sum(0)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dl_lab.components.sampling import bernoulli_draws
+
 aten = torch.ops.aten
 MEAN, NONE = 1, 0  # ATen's reduction enum for nll_loss
 IGNORE_INDEX = -100  # F.cross_entropy's default
@@ -141,25 +143,9 @@ def dropout_mask(p: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """nn.Dropout's CPU mask (ATen's _dropout_impl): Bernoulli(1 - p) from the global generator, / (1 - p)."""
 
     def draw(h: torch.Tensor) -> torch.Tensor:
-        return bernoulli(h.shape, 1 - p, None, h.device).div_(1 - p)
+        return bernoulli_draws(h.shape, 1 - p, None, h.device).div_(1 - p)
 
     return draw
-
-
-def bernoulli(
-    shape: Sequence[int], keep: float, generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    """float32 Bernoulli(``keep``) draws from ``generator`` (None: the global one): the values of
-    ``torch.empty(shape).bernoulli_(keep, generator=generator)``, leaving the generator where it would.
-
-    On the CPU that kernel takes each element's 53 random bits from mt19937 one element at a time
-    (11 ns each) and compares them with ``keep``; ``torch.rand`` in float64 takes the same 53 bits the
-    same way (6 ns) and the comparison runs vectorized: masks take 0.68-0.73x the time inside training
-    runs (bench/dropout_masks.py; tests/test_fused.py checks the values and the generator's state
-    against bernoulli_). CUDA keeps bernoulli_ (Philox)."""
-    if device.type == "cpu":
-        return (torch.rand(shape, dtype=torch.float64, generator=generator) < keep).to(torch.float32)
-    return torch.empty(shape, device=device).bernoulli_(keep, generator=generator)
 
 
 class BatchNormOp:

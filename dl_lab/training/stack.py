@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from dl_lab.components.datasets import Dataset, Split
 from dl_lab.components.optimizers import OPTIMIZERS
 from dl_lab.components.plain_optim import plain_step
+from dl_lab.components.sampling import bernoulli_draws
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.engine import Member, train, train_unit
@@ -33,7 +34,6 @@ from dl_lab.training.fused import (
     MaskOp,
     Op,
     StackedLinearOp,
-    bernoulli,
     columns,
     elementwise,
     stacked_pass,
@@ -159,7 +159,7 @@ class StackedDropout(_Stateless):
     def mask(self, h: torch.Tensor, streams: Sequence[torch.Generator]) -> torch.Tensor:
         """Each model's scaled Bernoulli(1 - p) mask for ``h`` (M, B, features), from its own stream."""
         noise = torch.stack(
-            [bernoulli(h.shape[1:], keep, stream, h.device) for keep, stream in zip(self.keep, streams)]
+            [bernoulli_draws(h.shape[1:], keep, stream, h.device) for keep, stream in zip(self.keep, streams)]
         )
         return noise.div_(self.scale)
 
