@@ -2,7 +2,8 @@
 device=cpu` with --engine batched and --engine sequential, alternating, several repeats, median.
 
 Prints each engine's wall time, the ratio batched / sequential, and the batched command's wall time
-over the sum of its runs' training `seconds` (summary.json): what a comparison costs beyond its
+over the sum of its runs' training `seconds` (summary.json), and per command the time outside those
+seconds (median of wall minus training, repeat by repeat): what a comparison costs beyond its
 training (start-up, data loading, files, tables, plots).
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base <commit>`) the
 same commands also run that version's dl_lab, interleaved with this one's, and both are printed.
@@ -70,8 +71,10 @@ def main() -> None:
         median = {key: statistics.median(values) for key, values in walls.items() if key[0] == version}
         for (_, engine), wall in median.items():
             seconds = statistics.median(trained[version, engine])
+            outside = statistics.median(w - t for w, t in zip(walls[version, engine], trained[version, engine]))
             print(f"  {engine:>10}: whole command {wall:.2f} s (all: {', '.join(f'{w:.2f}' for w in walls[version, engine])}); "
-                  f"runs' training seconds {seconds:.2f}; wall / training {wall / seconds:.2f}")  # fmt: skip
+                  f"runs' training seconds {seconds:.2f}; wall / training {wall / seconds:.2f}; "
+                  f"outside training {outside:.2f} s")  # fmt: skip
         ratio = median[version, "batched"] / median[version, "sequential"]
         print(f"  batched / sequential, whole command: {ratio:.2f} (target <= 0.6)")
         overhead = median[version, "batched"] / statistics.median(trained[version, "batched"])

@@ -8,7 +8,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from dl_lab.analysis.load import VariantResult
 from dl_lab.runs.locks import drop_inherited
@@ -16,8 +16,11 @@ from dl_lab.runs.records import Histogram
 from dl_lab.runs.store import atomic_path
 from dl_lab.signals import HANDLED, deferred
 
+if TYPE_CHECKING:
+    from dl_lab.analysis.plot_service import PlotService
 
-def _pyplot():
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede the pyplot import
@@ -72,7 +75,7 @@ def _save(plt, figure, epoch_axes, path: Path) -> None:
 
 def plot_curves(results: Sequence[VariantResult], path: Path) -> None:
     """Test accuracy and test loss per epoch: mean line with a ±1 std band over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     losses: list[float] = []
     for result in results:
@@ -98,7 +101,7 @@ def plot_curves(results: Sequence[VariantResult], path: Path) -> None:
 
 def plot_train_vs_test_loss(results: Sequence[VariantResult], path: Path) -> None:
     """Training loss (dashed) against test loss (solid) per variant: the generalization gap."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     values: list[float] = []
     for result in results:
@@ -116,7 +119,7 @@ def plot_train_vs_test_loss(results: Sequence[VariantResult], path: Path) -> Non
 
 def plot_final_accuracy(results: Sequence[VariantResult], path: Path) -> None:
     """Final test accuracy of every seed (dots) and the mean (bar) per variant."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(6, 1.3 * len(results) + 2), 4.5))
     labelled = False
     for index, result in enumerate(results):
@@ -164,7 +167,7 @@ def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
 
     A profile falling steeply towards layer 1 is the signature of vanishing gradients.
     """
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in results if r.runs and "grad_norm_1" in r.runs[0].metrics[0]]
     figure, axes = _grid(plt, len(shown))
     for axis, result in zip(axes, shown):
@@ -187,7 +190,7 @@ def plot_gradient_norms(results: Sequence[VariantResult], path: Path) -> None:
 
 def plot_activation_histograms(results: Sequence[VariantResult], path: Path) -> None:
     """Per variant (rows) and hidden layer (columns): the distribution of activation outputs after training."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in results if r.runs and _histograms(r)]
     layers = max(len(_histograms(r)) for r in shown)
     figure, axes = plt.subplots(len(shown), layers, figsize=(2.8 * layers + 1, 2.3 * len(shown) + 0.8), squeeze=False)
@@ -246,14 +249,23 @@ def split_by_cost(names: Sequence[str]) -> tuple[list[str], list[str]]:
     return shares
 
 
-def write_plots(results: Sequence[VariantResult], folder: Path) -> list[Path]:
-    """The plots that apply, each written atomically. With two or more CPUs a forked process draws
-    about half of the drawing time (split_by_cost; matplotlib is single-threaded: 2.3 s -> 1.3 s for
-    the five plots on 2 cores); if it fails, its share is drawn here, so the files written never
-    depend on it."""
+def plot_names(results: Sequence[VariantResult]) -> list[str]:
+    """The plots that apply: none without a finished run, the diagnostic ones only with diagnostics."""
     names = [*PLOTS] if any(result.runs for result in results) else []
     if any(result.runs and result.runs[0].summary.diagnostics for result in results):
         names += [*DIAGNOSTIC_PLOTS]
+    return names
+
+
+def write_plots(results: Sequence[VariantResult], folder: Path, service: PlotService | None = None) -> list[Path]:
+    """The plots that apply, each written atomically: by ``service`` (plot_service.py, started with
+    the command, matplotlib already imported) when it writes them all, else here. With two or more
+    CPUs a forked process draws about half of the drawing time (split_by_cost; matplotlib is
+    single-threaded: 2.3 s -> 1.3 s for the five plots on 2 cores); if it fails, its share is drawn
+    here, so the files written never depend on a helper."""
+    names = plot_names(results)
+    if service is not None and names and service.draw(names, results, folder):
+        return [folder / name for name in names]
     theirs, mine = split_by_cost(names)
     helper = _draw_in_child(theirs, results, folder) if len(names) > 1 else None
     try:
@@ -307,14 +319,14 @@ def _helper(names: Sequence[str], results: Sequence[VariantResult], folder: Path
         for signum in HANDLED:
             signal.signal(signum, _stop)
         drop_inherited()  # the parent's folder locks end with the parent, whatever becomes of this helper
-        _end_with(parent)
+        end_with(parent)
         _draw(names, results, folder)
         code = 0
     finally:
         os._exit(code)
 
 
-def _end_with(parent: int) -> None:
+def end_with(parent: int) -> None:
     """Have the kernel send this process SIGTERM when its parent ends, even killed (Linux); a helper
     outliving its command would go on writing into a folder nobody holds."""
     try:

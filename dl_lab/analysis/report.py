@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dl_lab.analysis.load import Loaded, RunRecord, VariantResult, load_compare
 from dl_lab.analysis.plots import PLOT_NAMES, write_plots
@@ -36,6 +36,9 @@ from dl_lab.runs.store import (
     write_atomic,
 )
 from dl_lab.signals import deferred
+
+if TYPE_CHECKING:
+    from dl_lab.analysis.plot_service import PlotService
 
 METRICS = ("test_acc", "test_loss", "train_acc", "train_loss")
 OPERATORS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
@@ -311,13 +314,13 @@ def claim_report(
     return ClaimedReport(folder, loaded, rows, earlier, summary)
 
 
-def complete_report(claimed: ClaimedReport) -> ComparisonSummary:
-    """table.md, table.csv and the PNG plots, each written atomically, then summary.json again with
-    what was written; returns the summary."""
+def complete_report(claimed: ClaimedReport, plot_service: PlotService | None = None) -> ComparisonSummary:
+    """table.md, table.csv and the PNG plots (through ``plot_service`` where the command started one),
+    each written atomically, then summary.json again with what was written; returns the summary."""
     folder, rows = claimed.folder, claimed.rows
     write_atomic(folder / "table.md", markdown_table(rows))
     write_atomic(folder / "table.csv", csv_text(list(rows[0]), rows, digits=None))  # full precision: p-values
-    plots = [p.name for p in write_plots(claimed.loaded.results, folder)]
+    plots = [p.name for p in write_plots(claimed.loaded.results, folder, plot_service)]
     # Files written by this report or an earlier one: a later report may overwrite exactly these.
     kept = (n for n in claimed.earlier if (folder / n).exists())
     final = claimed.summary(plots, sorted({*REPORT_FILES, *plots, *kept}))
@@ -347,6 +350,7 @@ def report_compare(
     alpha: float | None,
     interrupted: bool = False,
     engine: str | None = None,
+    plot_service: PlotService | None = None,
 ) -> ComparisonSummary:
     """Rebuild a compare folder's outputs from its runs; status says whether every planned run completed.
 
@@ -355,4 +359,4 @@ def report_compare(
         loaded = load_compare(folder)
         status = "completed" if not loaded.unfinished else "interrupted" if interrupted else "failed"
         claimed = claim_report(folder, loaded, expectations, alpha, status, engine, compare_folder=folder)
-    return complete_report(claimed)
+    return complete_report(claimed, plot_service)

@@ -28,6 +28,7 @@ from dl_lab.cli.common import (
 from dl_lab.cli.render import render_comparison
 
 if TYPE_CHECKING:
+    from dl_lab.analysis.plot_service import PlotService
     from dl_lab.experiments.ray_executor import RayOptions
 
 
@@ -154,6 +155,41 @@ def compare(
     Exit codes: 0 all expectations hold, 1 an expectation fails, 2 bad input (before training) or the
     folder is in use, 3 a run failed, 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (finish it with --resume).
     """
+    from dl_lab.analysis.plot_service import PlotService
+
+    # First, before torch: it imports matplotlib on the core that importing torch leaves idle.
+    plot_service = PlotService.start() if executor is Executor.local else None
+    try:
+        _compare(
+            names, seeds, set_, vary, device, runs_dir, json_, wide, resume, expect, alpha, engine, executor,
+            address, cpus_per_task, gpus_per_task, collect, max_runs, plot_service,
+        )  # fmt: skip
+    finally:
+        if plot_service is not None:
+            plot_service.close()
+
+
+def _compare(
+    names: list[str] | None,
+    seeds: int | None,
+    set_: list[str] | None,
+    vary: list[str] | None,
+    device: str | None,
+    runs_dir: Path,
+    json_: bool,
+    wide: bool,
+    resume: Path | None,
+    expect: list[str] | None,
+    alpha: float | None,
+    engine: Engine | None,
+    executor: Executor,
+    address: str | None,
+    cpus_per_task: float | None,
+    gpus_per_task: float | None,
+    collect: bool,
+    max_runs: int | None,
+    plot_service: PlotService | None,
+) -> None:
     from rich.console import Console
 
     from dl_lab import signals
@@ -254,7 +290,7 @@ def compare(
                 raise
             signals.note(exc)
             interrupted = True
-        summary = report_compare(folder, expectations, alpha, interrupted, engine=engine_text)
+        summary = report_compare(folder, expectations, alpha, interrupted, engine_text, plot_service)
         render_comparison(summary, folder, json_, trained_now=len(trained), kept=len(plan.runs) - recorded, wide=wide)
     status = summary.status
     if status == "interrupted":
