@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import child_env, eventually
 from test_plots import ALL, _alive, compare_folder, results, written  # noqa: F401 (fixtures)
 
 from dl_lab.analysis import plot_service, plots
@@ -120,15 +121,11 @@ def test_an_interrupt_while_the_service_draws_stops_it_without_temporaries(resul
     with pytest.raises(KeyboardInterrupt):
         service.draw(plots.plot_names(results), results, tmp_path)
     assert gone(pid)
-    deadline = time.monotonic() + 10  # its own helper ends with it (SIGTERM from the kernel)
-    while time.monotonic() < deadline and any(name.endswith(".tmp") for name in written(tmp_path)):
-        time.sleep(0.05)
-    assert not [name for name in written(tmp_path) if name.endswith(".tmp")]
+    # its own helper ends with it (SIGTERM from the kernel), between atomic writes
+    assert eventually(lambda: not [name for name in written(tmp_path) if name.endswith(".tmp")])
 
 
 def test_a_killed_command_takes_its_service_with_it(tmp_path):
-    from conftest import child_env
-
     marker = tmp_path / "service.pid"
     script = textwrap.dedent(f"""
         import time
@@ -139,14 +136,9 @@ def test_a_killed_command_takes_its_service_with_it(tmp_path):
         time.sleep(60)
     """)
     command = subprocess.Popen([sys.executable, "-c", script], env=child_env())
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(marker.exists, 60)
     pid = int(marker.read_text())
     assert _alive(pid)
     command.send_signal(signal.SIGKILL)
     command.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    assert not _alive(pid)
+    assert eventually(lambda: not _alive(pid))

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from test_tensorboard import compare_relu_sigmoid
 
 from dl_lab.analysis import plots
@@ -123,7 +124,6 @@ def test_a_killed_command_takes_its_helper_and_its_lock_with_it(results, tmp_pat
     import subprocess
     import sys
     import textwrap
-    import time
 
     from dl_lab.runs.locks import is_locked
 
@@ -147,18 +147,13 @@ def test_a_killed_command_takes_its_helper_and_its_lock_with_it(results, tmp_pat
         plots.write_plots(results, Path({str(out)!r}))
     """)
     command = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(marker.exists, 60)
     helper = int(marker.read_text())
     assert is_locked(out)
     command.send_signal(signal.SIGKILL)
     command.wait()
     assert not is_locked(out)  # at once: the helper holds no copy of the lock
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(helper):
-        time.sleep(0.05)
-    assert not _alive(helper)
+    assert eventually(lambda: not _alive(helper))
 
 
 def _alive(pid: int) -> bool:
