@@ -110,6 +110,25 @@ def test_closing_an_idle_service_ends_it_at_once(service):
     service.close()  # twice is harmless
 
 
+def test_a_service_that_will_not_end_is_killed_and_reaped_by_close(monkeypatch):
+    """Whatever keeps a service from ending (here: SIGTERM ignored, its pipe never read), close() must
+    return: the command's exit never waits on it."""
+    monkeypatch.setattr(plot_service, "REAP_SECONDS", 0.3)
+    jobs_read, jobs_write = os.pipe()
+    replies_read, replies_write = os.pipe()
+    pid = os.fork()
+    if not pid:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(60)
+        os._exit(0)
+    os.close(jobs_read)
+    os.close(replies_write)
+    stuck, start = PlotService(pid, jobs_write, replies_read), time.monotonic()
+    stuck.close()
+    assert gone(pid) and 0.3 <= time.monotonic() - start < 5
+    assert stuck.pid == 0 and stuck.jobs == stuck.replies == -1
+
+
 def test_an_interrupt_while_the_service_draws_stops_it_without_temporaries(results, service, tmp_path, monkeypatch):  # noqa: F811
     pid = service.pid
 

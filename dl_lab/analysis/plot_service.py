@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from dl_lab.analysis.load import VariantResult
 
 DONE = b"1"
+REAP_SECONDS = 2.0  # how long close() waits for a service to end before it kills it
 
 
 class PlotService:
@@ -91,19 +93,32 @@ class PlotService:
         return reply == DONE
 
     def close(self) -> None:
-        """End the service, drawing or idle, and reap it; then release the pipes."""
-        if self.pid:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGTERM)
-            self._reap()
+        """End the service, drawing or idle, and reap it. Closing the job pipe ends an idle service
+        (it reads the end of its input); SIGTERM one that draws; SIGKILL one still there after
+        ``REAP_SECONDS``, so the command never waits on it."""
         for end in (self.jobs, self.replies):
             if end >= 0:
                 with contextlib.suppress(OSError):
                     os.close(end)
         self.jobs = self.replies = -1
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGTERM)
+            self._reap(REAP_SECONDS)
 
-    def _reap(self) -> None:
+    def _reap(self, seconds: float | None = None) -> None:
+        """Wait for the service to end; after ``seconds`` (None: no limit), kill it first."""
         with contextlib.suppress(ChildProcessError):
+            if seconds is not None:
+                deadline = time.monotonic() + seconds
+                while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() > deadline:
+                        os.kill(self.pid, signal.SIGKILL)
+                        break
+                    time.sleep(0.005)
+                else:
+                    self.pid = 0  # reaped
+                    return
             os.waitpid(self.pid, 0)
         self.pid = 0
 
