@@ -52,7 +52,7 @@ def run(runner, tmp_path: Path, name: str, *args: str):
 
 
 def test_a_ray_compare_gives_the_local_numbers_on_a_local_ray_instance(runner, tmp_path):
-    local, [local_folder] = run(runner, tmp_path, "local")
+    local, [local_folder] = run(runner, tmp_path, "local", "--stacks", "variant")  # Ray's default: a task per variant
     assert local.exit_code == 0, local.output
     on_ray, [ray_folder] = run(runner, tmp_path, "ray", "--executor", "ray")
     assert on_ray.exit_code == 0, on_ray.output
@@ -137,7 +137,10 @@ def test_ctrl_c_cancels_the_tasks_and_resume_finishes_only_the_unfinished_runs(t
     runs = tmp_path / "runs"
     slow = [
         *["compare", "relu", "--seeds", "2", "--engine", "sequential"],  # two lone runs, one after the other
-        *sets("device=cpu", "data.dataset=synthetic", "data.train_subset=6000", "train.epochs=40", "model.hidden=[64]"),
+        # long enough (several seconds a run) that the first is still training when Ctrl-C comes
+        *sets(
+            "device=cpu", "data.dataset=synthetic", "data.train_subset=6000", "train.epochs=150", "model.hidden=[64]"
+        ),
     ]
     process = start_dllab([*slow, "--runs-dir", str(runs), "--executor", "ray", "--cpus-per-task", "2"])
     wait_for(lambda: list(runs.glob("compare-*/*-seed*/metrics.csv")))  # until the first run is training
