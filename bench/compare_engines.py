@@ -1,6 +1,7 @@
 """A 2 x 5 comparison grid (relu and sigmoid presets, 5 seeds each) trained by the sequential and the
-batched engine, side by side in one process. Prints total seconds and the ratio, and each seed's test
-accuracy under both. With --bf16 the batched engine also trains the grid with train.bf16_matmul=true,
+batched engine, side by side in one process: batched as `dllab compare` stacks it (one stack of all ten
+models, both activations) and with a stack per variant (--stacks variant, as before activations
+shared a stack). Prints total seconds and the ratios, and each seed's test accuracy under each. With --bf16 the batched engine also trains the grid with train.bf16_matmul=true,
 judged against the fp32 sequential result.
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2] [--bf16]
@@ -52,7 +53,11 @@ def main() -> None:
 
     configs = grid()
     device, data = device_and_data(configs[0], os.environ)
-    engines = [("sequential", SequentialEngine(), configs), ("batched", BatchedEngine(), configs)]
+    engines = [
+        ("sequential", SequentialEngine(), configs),
+        ("batched", BatchedEngine(), configs),  # one stack of relu and sigmoid models
+        ("batched per variant", BatchedEngine(by="variant"), configs),  # a stack per variant
+    ]
     if args.bf16:
         engines.append(("batched bf16", BatchedEngine(), grid("train.bf16_matmul=true")))
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
@@ -77,7 +82,7 @@ def main() -> None:
     sequential = statistics.median(times["sequential"])
     for name, _, _ in engines:
         seconds = statistics.median(times[name])
-        print(f"{name + ' engine:':<21} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s)")
+        print(f"{name + ' engine:':<28} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s)")
     for name, _, _ in engines[1:]:
         print(f"{name} / sequential: {statistics.median(times[name]) / sequential:.2f}")
     for v, variant in enumerate(("relu", "sigmoid")):
@@ -86,7 +91,7 @@ def main() -> None:
         spread = statistics.stdev(seq) if len(seq) > 1 else 0.0
         for name, _, _ in engines:
             print(
-                f"{variant} test_acc per seed, {name + ':':<13} {' '.join(f'{a:.4f}' for a in accuracies[name][seeds])}"
+                f"{variant} test_acc per seed, {name + ':':<21} {' '.join(f'{a:.4f}' for a in accuracies[name][seeds])}"
             )
         print(f"  sequential seeds: std {spread:.4f}, range {min(seq):.4f}-{max(seq):.4f}")
         for name, _, _ in engines[1:]:

@@ -44,10 +44,14 @@ def numbers(result) -> list[tuple[float, ...]]:
         {"dropout": 0.3, "activation": "tanh"},  # each model continues its own dropout RNG stream
         {"batchnorm": {"position": "after"}, "dropout": 0.2},  # per-model batch statistics
         {"activation": "sigmoid", "batchnorm": True, "init": "he_uniform"},
+        {"activation": ["relu", "sigmoid", "relu"], "dropout": 0.2},  # a stack of two activations
     ],
 )
 def test_batched_training_matches_sequential_training_run_by_run(model):
-    configs = [config(seed, step_grad_norms=True, **model) for seed in (1, 2, 3)]
+    model = dict(model)  # the parameter is shared between runs of the test
+    activations = model.pop("activation", "relu")
+    activations = [activations] * 3 if isinstance(activations, str) else activations
+    configs = [config(seed, step_grad_norms=True, activation=a, **model) for seed, a in zip((1, 2, 3), activations)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
     sequential = [train(c, data, CPU, Observer()) for c in configs]
     clock = time.perf_counter()
@@ -79,11 +83,20 @@ def test_runs_differing_in_init_or_dropout_p_batch_together_others_do_not():
     assert len({batch_key(c) for c in same}) == 1
     assert batch_key(config(1, dropout=0.2)) == batch_key(config(2, dropout=0.5))
     assert batch_key(config(1, dropout=0.2)) != batch_key(base)  # no dropout layer at all
-    assert batch_key(config(1, activation="tanh")) != batch_key(base)
+    assert batch_key(config(1, activation="tanh")) == batch_key(base)  # activations apply elementwise
+    assert batch_key(config(1, activation="leaky_relu", leaky_relu_slope=0.2)) == batch_key(base)
+    assert batch_key(config(1, hidden=[64, 64])) != batch_key(base)
     other_lr = base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 0.01})})
     assert batch_key(other_lr) != batch_key(base)
-    assert plan_batches([base, config(1, activation="tanh"), config(2)]) == [[0, 2], [1]]
-    assert plan_batches([base, config(1, activation="tanh"), config(2)], min_size=1) == [[0, 2], [1]]
+    lone = config(1, hidden=[64])
+    assert plan_batches([base, lone, config(2)]) == [[0, 2], [1]]
+    assert plan_batches([base, lone, config(2)], min_size=1) == [[0, 2], [1]]
+
+
+def test_a_stack_keeps_each_activations_runs_together_in_first_seen_order():
+    tanh, relu = config(1, activation="tanh"), config(1)
+    leaky = [config(1, activation="leaky_relu", leaky_relu_slope=slope) for slope in (0.1, 0.2)]
+    assert plan_batches([tanh, relu, tanh, relu, leaky[0], leaky[1], leaky[0]]) == [[0, 2, 1, 3, 4, 6, 5]]
 
 
 def test_engine_falls_back_to_sequential_for_lone_runs_and_keeps_order():
@@ -124,7 +137,7 @@ def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "engine batched: 2 stacked group(s) (3 + 3 runs)" in result.stderr
+    assert "engine batched: 1 stacked group(s) (6 runs)" in result.stderr  # relu and sigmoid share the matmuls
     summary = json.loads(result.stdout)
     assert summary["engine"].startswith("batched") and all(len(v["finals"]) == 3 for v in summary["variants"])
     sequential = runner.invoke(
@@ -135,6 +148,26 @@ def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path
     for a, b in zip(summary["variants"], same["variants"], strict=True):
         for seed in a["finals"]:
             assert a["finals"][seed]["test_acc"] == pytest.approx(b["finals"][seed]["test_acc"], abs=2e-3)
+
+
+def test_stacks_variant_gives_each_variant_its_stack_and_a_resume_keeps_the_planned_stacks(runner, tmp_path):
+    args = ["compare", "relu", "sigmoid", "lab09/he", "--seeds", "2", "--stacks", "variant"]
+    args += [*sets("device=cpu", "data.dataset=synthetic", "data.train_subset=500", "train.epochs=1")]
+    result = runner.invoke(app, [*args, "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "engine batched: 3 stacked group(s) (2 + 2 + 2 runs)" in result.stderr
+    [folder] = tmp_path.glob("compare-*")
+    plan = json.loads((folder / "plan.json").read_text())
+    runs = [run["folder"] for run in plan["runs"]]
+    assert [sorted(runs[i] for i in unit["runs"]) for unit in plan["units"]] == [
+        ["relu-seed777", "relu-seed778"],
+        ["sigmoid-seed777", "sigmoid-seed778"],
+        ["he-seed777", "he-seed778"],
+    ]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    again = runner.invoke(app, ["compare", "--resume", str(folder), "--stacks", "architecture"])
+    assert again.exit_code == 2 and "allowed: no --stacks with --resume" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

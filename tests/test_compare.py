@@ -236,7 +236,7 @@ def test_an_interrupt_while_a_run_folder_is_created_marks_that_run_interrupted(r
         start(self)
 
     monkeypatch.setattr(RunRecorder, "__post_init__", post_init)
-    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", *SYNTH)
+    result, [folder] = compare(runner, tmp_path, "relu", "sigmoid", "--seeds", "2", "--stacks", "variant", *SYNTH)
     assert result.exit_code == 130, result.output
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in folder.glob("*/summary.json")}
     assert statuses == {"relu-seed777": "completed", "relu-seed778": "completed", "sigmoid-seed777": "interrupted"}
@@ -322,6 +322,8 @@ def test_killing_a_compare_and_resuming_it_does_not_retrain_completed_runs(tmp_p
         "sigmoid",
         "--seeds",
         "3",
+        "--stacks",
+        "variant",  # two stacks: the first completes while the second trains
         *SYNTH,
         "--set",
         "train.epochs=40",

@@ -68,13 +68,25 @@ def test_single_pass_gives_autograds_loss_logits_gradients_and_statistics_bit_fo
         assert [int(b) for b in hand.buffers() if b.dtype == torch.long] == [1, 1]  # one batch counted per layer
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "gelu"])
+@pytest.mark.parametrize(
+    "activations",
+    [
+        ("relu",) * 3,
+        ("sigmoid",) * 3,
+        ("gelu",) * 3,
+        ("relu", "relu", "sigmoid"),  # two slices of the stack
+        ("tanh", "elu", "tanh"),  # three slices, one activation twice
+    ],
+)
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize("batchnorm", [False, {"position": "before"}, {"position": "after"}])
 def test_stacked_pass_gives_the_autograd_stacks_losses_gradients_and_statistics_bit_for_bit(
-    activation, dropout, batchnorm
+    activations, dropout, batchnorm
 ):
-    models = [model_for(seed, activation=activation, dropout=dropout, batchnorm=batchnorm) for seed in (1, 2, 3)]
+    models = [
+        model_for(seed, activation=activation, dropout=dropout, batchnorm=batchnorm)
+        for seed, activation in zip((1, 2, 3), activations, strict=True)
+    ]
     inputs, targets = batch(4, count=3)
     stacks = []
 
@@ -114,6 +126,23 @@ def test_a_stacks_batch_norm_is_each_models_own_batch_norm():
     for index, model in enumerate(models):
         assert torch.allclose(the_stack.buffers()[0][index], model[1].running_mean, atol=1e-6)
         assert torch.allclose(the_stack.buffers()[1][index], model[1].running_var, atol=1e-6)
+
+
+def test_a_stack_of_different_activations_gives_each_model_its_own():
+    activations = ["relu", "sigmoid", "sigmoid", "leaky_relu", "tanh"]
+    models = [model_for(seed, activation=a) for seed, a in enumerate(activations)]
+    models[3][1].negative_slope = 0.2  # settings count: another slope is another slice
+    inputs, targets = batch(7, count=5)
+    the_stack = Stack(models, [0.0] * 5, CPU)
+    layer = the_stack.layers[1]
+    assert [(start, stop) for start, stop, _ in layer.segments] == [(0, 1), (1, 3), (3, 4), (4, 5)]
+    with torch.no_grad():
+        alone = torch.stack([model(x) for model, x in zip(models, inputs)])
+        for training in (True, False):
+            assert torch.allclose(the_stack.forward(inputs, training, []), alone, rtol=1e-5, atol=1e-5)
+        _, logits = fused.stacked_pass(stack.fused_ops(the_stack, []))(inputs, targets)
+    assert torch.allclose(logits, alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone[1], models[0](inputs[1]), rtol=1e-3)  # the activations do differ
 
 
 def test_other_batch_norms_and_other_devices_keep_autograd():

@@ -118,14 +118,18 @@ def test_resume_of_a_folder_from_an_older_version_keeps_every_run(runner, finish
     "edit, words",
     [
         (
-            lambda plan: plan["variants"][0]["config"]["optimizer"].update(lr=0.5),
+            # both variants, which still share a stack
+            lambda plan: [v["config"]["optimizer"].update(lr=0.5) for v in plan["variants"]],
             "relu-seed777: a completed run whose config differs from plan.json (optimizer.lr 0.001 there, 0.5 planned)",
         ),
         (lambda plan: plan.update(seeds="many"), "unreadable compare plan (seeds"),
         (lambda plan: plan["runs"][0].update(folder="../../escape"), "is not a plain folder name"),
         (lambda plan: plan["runs"][0].update(variant=7), "names variant 7"),
-        (lambda plan: plan["units"].pop(), "do not cover every run"),
-        (lambda plan: plan.update(units=[{"runs": [0, 1, 2, 3], "stacked": True}]), "runs that cannot train together"),
+        (lambda plan: plan["units"][0]["runs"].pop(), "do not cover every run"),
+        (
+            lambda plan: plan.update(units=[{"runs": [0, 1], "stacked": False}, {"runs": [2, 3], "stacked": True}]),
+            "runs that cannot train together",
+        ),
         (lambda plan: plan["variants"][1].update(label=plan["variants"][0]["label"]), "label appears twice"),
         (lambda plan: plan["variants"][0]["config"]["model"].update(hidden="wide"), "variants.0.config.model.hidden"),
         (lambda plan: plan.clear(), "unreadable compare plan"),

@@ -37,6 +37,11 @@ class Executor(str, enum.Enum):
     ray = "ray"
 
 
+class Stacks(str, enum.Enum):  # stackable.GROUPINGS a user picks from
+    architecture = "architecture"
+    variant = "variant"
+
+
 def ray_options_from(
     executor: Executor, address: str | None, cpus: float | None, gpus: float | None, collect: bool
 ) -> RayOptions | None:
@@ -108,6 +113,15 @@ def compare(
             "sequential: one model at a time; batched: stack every run.",
         ),
     ] = None,
+    stacks: Annotated[
+        Optional[Stacks],
+        typer.Option(
+            "--stacks",
+            help="What one stack of models holds: architecture (the default) every run of one architecture, "
+            "whatever its activation or init; variant one variant's seeds (the default with --executor ray: a task "
+            "per variant).",
+        ),
+    ] = None,
     executor: Annotated[
         Executor,
         typer.Option(
@@ -161,8 +175,8 @@ def compare(
     plot_service = PlotService.start() if executor is Executor.local else None
     try:
         _compare(
-            names, seeds, set_, vary, device, runs_dir, json_, wide, resume, expect, alpha, engine, executor,
-            address, cpus_per_task, gpus_per_task, collect, max_runs, plot_service,
+            names, seeds, set_, vary, device, runs_dir, json_, wide, resume, expect, alpha, engine, stacks,
+            executor, address, cpus_per_task, gpus_per_task, collect, max_runs, plot_service,
         )  # fmt: skip
     finally:
         if plot_service is not None:
@@ -182,6 +196,7 @@ def _compare(
     expect: list[str] | None,
     alpha: float | None,
     engine: Engine | None,
+    stacks: Stacks | None,
     executor: Executor,
     address: str | None,
     cpus_per_task: float | None,
@@ -214,8 +229,15 @@ def _compare(
 
     def from_command(engine_name: str, limit: int):  # the plan the NAMES, --set, --vary, --device, --seeds make
         overrides = [*(set_ or []), *([f"device={device}"] if device else [])]
+        grouping = stacks or (Stacks.variant if executor is Executor.ray else Stacks.architecture)
         return plan_comparison(
-            names or [], overrides, vary or [], 3 if seeds is None else seeds, engine=engine_name, max_runs=limit
+            names or [],
+            overrides,
+            vary or [],
+            3 if seeds is None else seeds,
+            engine=engine_name,
+            max_runs=limit,
+            stacks=grouping.value,
         )
 
     with contextlib.ExitStack() as held:
@@ -223,6 +245,12 @@ def _compare(
             resume = folder_option(resume)
             if not resume.is_dir():
                 raise ConfigError(f"--resume {resume}: no such folder")
+            if stacks is not None:
+                raise ConfigError(
+                    f"--stacks {stacks.value}: the stacks of a comparison are fixed when it is planned "
+                    f"({resume / 'plan.json'}), so a resumed run trains as the uninterrupted one would have; "
+                    "allowed: no --stacks with --resume"
+                )
             held.enter_context(FolderLock(resume, "comparison"))  # one writer: a second resume exits 2
             plan = load_plan(resume)
             if engine is not None and engine.value != plan.engine:

@@ -35,7 +35,7 @@ def load_plan(folder: Path) -> ComparePlan:
     """read_plan, with the units of a version-1 plan derived and every unit checked trainable as one."""
     plan = read_plan(folder)
     runs = plan.runs
-    units = plan.units or tuple(plan_units([r.config for r in runs], plan.engine))
+    units = plan.units or tuple(plan_units([r.config for r in runs], plan.engine, "activation"))  # version 1
     for unit in units:
         configs = [runs[i].config for i in unit.runs]
         if (
@@ -109,6 +109,7 @@ def plan_comparison(
     cwd: Path | None = None,
     engine: str = "auto",
     max_runs: int = DEFAULT_MAX_RUNS,
+    stacks: str = "architecture",
 ) -> ComparePlan:
     """Resolve every variant's config now, so bad input fails before anything is written or trained."""
     if not names:
@@ -135,7 +136,8 @@ def plan_comparison(
     seed_values = tuple(first_seed + i for i in range(seeds))
     folders = _folder_names(variants, seed_values)
     runs = tuple(planned_run(v, s, folders[(v.label, s)]) for s in seed_values for v in variants)
-    return ComparePlan(tuple(variants), seed_values, runs, tuple(plan_units([r.config for r in runs], engine)), engine)
+    units = tuple(plan_units([r.config for r in runs], engine, stacks))
+    return ComparePlan(tuple(variants), seed_values, runs, units, engine)
 
 
 def _refuse_duplicate(variants: Sequence[Variant], new: Variant) -> None:

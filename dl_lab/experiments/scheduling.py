@@ -22,11 +22,12 @@ def data_key(config: ExperimentConfig) -> str:
     return json.dumps([config.device, config.data.model_dump(mode="json")], sort_keys=True)
 
 
-def plan_units(configs: Sequence[ExperimentConfig], engine: str) -> list[Unit]:
+def plan_units(configs: Sequence[ExperimentConfig], engine: str, stacks: str = "architecture") -> list[Unit]:
     """The units of work, in training order: per dataset (first seen first), the engine's groups.
 
-    auto: runs that share an architecture form a stack, lone runs train alone; batched: every group
-    is a stack, even of one; sequential: every run alone."""
+    auto: runs grouped by ``stacks`` (stackable.GROUPINGS: every run of an architecture, or one
+    variant's) form a stack, lone runs train alone; batched: every group is a stack, even of one;
+    sequential: every run alone."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}")
     units: list[Unit] = []
@@ -35,7 +36,7 @@ def plan_units(configs: Sequence[ExperimentConfig], engine: str) -> list[Unit]:
         if engine == "sequential":
             units += [Unit((i,), False) for i in indices]
             continue
-        for group in plan_batches([configs[i] for i in indices], 2 if engine == "auto" else 1):
+        for group in plan_batches([configs[i] for i in indices], 2 if engine == "auto" else 1, stacks):
             units.append(Unit(tuple(indices[g] for g in group), engine == "batched" or len(group) > 1))
     return units
 

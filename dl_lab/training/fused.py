@@ -81,8 +81,10 @@ class ElementwiseOp:
         function: Callable[[torch.Tensor], torch.Tensor],
         derivative: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         saves_output: bool,
+        in_place: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.function, self.derivative, self.saves_output = function, derivative, saves_output
+        self.in_place = in_place  # the same kernel writing over its input (only where the output is saved)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.function(h)
@@ -95,11 +97,11 @@ class ElementwiseOp:
 def elementwise(module: nn.Module) -> ElementwiseOp | None:
     """The activation module's pass, as autograd's formula for it (derivatives.yaml) computes it."""
     if isinstance(module, nn.ReLU):
-        return ElementwiseOp(torch.relu, lambda g, out: aten.threshold_backward(g, out, 0), True)
+        return ElementwiseOp(torch.relu, lambda g, out: aten.threshold_backward(g, out, 0), True, torch.relu_)
     if isinstance(module, nn.Sigmoid):
-        return ElementwiseOp(torch.sigmoid, aten.sigmoid_backward, True)
+        return ElementwiseOp(torch.sigmoid, aten.sigmoid_backward, True, torch.sigmoid_)
     if isinstance(module, nn.Tanh):
-        return ElementwiseOp(torch.tanh, aten.tanh_backward, True)
+        return ElementwiseOp(torch.tanh, aten.tanh_backward, True, torch.tanh_)
     if isinstance(module, nn.LeakyReLU):
         slope = module.negative_slope
         return ElementwiseOp(
@@ -123,6 +125,39 @@ def elementwise(module: nn.Module) -> ElementwiseOp | None:
             False,
         )
     return None
+
+
+class SegmentedOp:
+    """Different activations over slices of a stack's models (dim 0): each op on its slice, joined again.
+    The same elementwise kernels on the same values, so each model's result is what its own op gives.
+    Where every op saves its output (relu, sigmoid, tanh) they write over their input: it is the fresh
+    output of the layer before, which nothing else keeps."""
+
+    def __init__(self, parts: Sequence[tuple[int, int, ElementwiseOp]]) -> None:
+        self.parts = parts
+        in_place = [(start, stop, op.in_place) for start, stop, op in parts if op.in_place is not None]
+        self.in_place = in_place if len(in_place) == len(parts) else None
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        if self.in_place is not None:
+            return h, [function(h[start:stop]) for start, stop, function in self.in_place]
+        outs, saved = zip(*(op.forward(h[start:stop]) for start, stop, op in self.parts))
+        return torch.cat(outs), list(saved)
+
+    def backward(self, grad: torch.Tensor, saved: list[Any]) -> torch.Tensor | None:
+        return torch.cat([op.backward(grad[a:b], kept) for (a, b, op), kept in zip(self.parts, saved)])
+
+
+def segmented(parts: Sequence[tuple[int, int, nn.Module]]) -> ElementwiseOp | SegmentedOp | None:
+    """The pass for a stack's activation modules, given as (start, stop, module) slices of its models;
+    None where one of them has no hand-written pass."""
+    ops = []
+    for start, stop, module in parts:
+        op = elementwise(module)
+        if op is None:
+            return None
+        ops.append((start, stop, op))
+    return ops[0][2] if len(ops) == 1 else SegmentedOp(ops)
 
 
 class MaskOp:

@@ -9,8 +9,9 @@ sequential engine would use), batch-norm statistics and optimizer state (optimiz
 so one optimizer over stacked tensors is M independent ones). On CPU the metrics match sequential
 training within float rounding (tests/test_batched.py).
 
-Runs are batched when everything but name, seed, init, init_gain and the dropout probability agrees;
-other runs go through the sequential engine unchanged.
+Runs are batched when everything but name, seed, activation, init, init_gain and the dropout
+probability agrees (stackable.py); other runs go through the sequential engine unchanged. Models with
+different activations share the stack's matmuls, each activation applied to its slice of the models.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dl_lab.training.fused import (
     Op,
     StackedLinearOp,
     columns,
-    elementwise,
+    segmented,
     stacked_pass,
     uncolumns,
     used_on,
@@ -47,14 +48,14 @@ from dl_lab.training.stackable import plan_batches
 class BatchedEngine:
     """Batches what it can (see plan_batches), trains the rest one by one."""
 
-    def __init__(self, min_batch: int = 2) -> None:
-        self.min_batch = min_batch
+    def __init__(self, min_batch: int = 2, by: str = "architecture") -> None:
+        self.min_batch, self.by = min_batch, by  # by: stackable.GROUPINGS
 
     def run(
         self, configs: Sequence[ExperimentConfig], data: Dataset, device: torch.device, observer: Observer
     ) -> list[TrainResult]:
         results: dict[int, TrainResult] = {}
-        for group in plan_batches(configs, self.min_batch):
+        for group in plan_batches(configs, self.min_batch, self.by):
             if len(group) == 1 and self.min_batch > 1:
                 results[group[0]] = train(configs[group[0]], data, device, observer)
             else:
@@ -165,13 +166,28 @@ class StackedDropout(_Stateless):
 
 
 class StackedActivation(_Stateless):
-    """An activation module applies elementwise, so one instance serves every model."""
+    """The models' activations. They apply elementwise, so one module serves every model that has it: the
+    models are ordered so that each activation's models are one slice (plan_batches), and a stack of one
+    activation calls its module once, on the whole stack."""
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.segments = segments(modules)
 
     def forward(self, h: torch.Tensor, training: bool, streams: Sequence[torch.Generator]) -> torch.Tensor:
-        return self.module(h)
+        if len(self.segments) == 1:
+            return self.segments[0][2](h)
+        return torch.cat([module(h[start:stop]) for start, stop, module in self.segments])
+
+
+def segments(modules: Sequence[nn.Module]) -> list[tuple[int, int, nn.Module]]:
+    """Runs of equal modules (same class and settings): (start, stop, one of them)."""
+    out: list[tuple[int, int, nn.Module]] = []
+    for index, module in enumerate(modules):
+        if out and repr(out[-1][2]) == repr(module):
+            out[-1] = (out[-1][0], index + 1, out[-1][2])
+        else:
+            out.append((index, index + 1, module))
+    return out
 
 
 StackedLayer = StackedLinear | StackedBatchNorm | StackedDropout | StackedActivation
@@ -195,7 +211,7 @@ class Stack:
             elif isinstance(layer, nn.Dropout):
                 self.layers.append(StackedDropout(dropout, device))
             else:
-                self.layers.append(StackedActivation(layer))
+                self.layers.append(StackedActivation(same))
         self.weights = [layer.weight for layer in self.layers if isinstance(layer, StackedLinear)]
         self.has_dropout = any(isinstance(layer, StackedDropout) for layer in self.layers)
 
@@ -231,7 +247,7 @@ def fused_ops(stack: Stack, streams: Sequence[torch.Generator]) -> list[Op] | No
         elif isinstance(layer, StackedBatchNorm):
             running = (layer.running_mean, layer.running_var)
             ops.append(BatchNormOp(layer.weight, layer.bias, running, layer.momentum, layer.eps))
-        elif isinstance(layer, StackedActivation) and (op := elementwise(layer.module)) is not None:
+        elif isinstance(layer, StackedActivation) and (op := segmented(layer.segments)) is not None:
             ops.append(op)
         else:
             return None
