@@ -81,10 +81,12 @@ class ElementwiseOp:
         function: Callable[[torch.Tensor], torch.Tensor],
         derivative: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         saves_output: bool,
-        in_place: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        in_place: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, torch.Tensor], None]]
+        | None = None,
     ) -> None:
         self.function, self.derivative, self.saves_output = function, derivative, saves_output
-        self.in_place = in_place  # the same kernel writing over its input (only where the output is saved)
+        # function and derivative as the same kernels writing over their input (where the output is saved)
+        self.in_place = in_place
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.function(h)
@@ -97,11 +99,14 @@ class ElementwiseOp:
 def elementwise(module: nn.Module) -> ElementwiseOp | None:
     """The activation module's pass, as autograd's formula for it (derivatives.yaml) computes it."""
     if isinstance(module, nn.ReLU):
-        return ElementwiseOp(torch.relu, lambda g, out: aten.threshold_backward(g, out, 0), True, torch.relu_)
+        relu_in_place = (torch.relu_, lambda g, out: aten.threshold_backward.grad_input(g, out, 0, grad_input=g))
+        return ElementwiseOp(torch.relu, lambda g, out: aten.threshold_backward(g, out, 0), True, relu_in_place)
     if isinstance(module, nn.Sigmoid):
-        return ElementwiseOp(torch.sigmoid, aten.sigmoid_backward, True, torch.sigmoid_)
+        sigmoid_in_place = (torch.sigmoid_, lambda g, out: aten.sigmoid_backward.grad_input(g, out, grad_input=g))
+        return ElementwiseOp(torch.sigmoid, aten.sigmoid_backward, True, sigmoid_in_place)
     if isinstance(module, nn.Tanh):
-        return ElementwiseOp(torch.tanh, aten.tanh_backward, True, torch.tanh_)
+        tanh_in_place = (torch.tanh_, lambda g, out: aten.tanh_backward.grad_input(g, out, grad_input=g))
+        return ElementwiseOp(torch.tanh, aten.tanh_backward, True, tanh_in_place)
     if isinstance(module, nn.LeakyReLU):
         slope = module.negative_slope
         return ElementwiseOp(
@@ -130,8 +135,9 @@ def elementwise(module: nn.Module) -> ElementwiseOp | None:
 class SegmentedOp:
     """Different activations over slices of a stack's models (dim 0): each op on its slice, joined again.
     The same elementwise kernels on the same values, so each model's result is what its own op gives.
-    Where every op saves its output (relu, sigmoid, tanh) they write over their input: it is the fresh
-    output of the layer before, which nothing else keeps."""
+    Where every op saves its output (relu, sigmoid, tanh) they write over their input instead: the
+    fresh output of the layer before (backward: the gradient from the layer after), which nothing
+    else keeps."""
 
     def __init__(self, parts: Sequence[tuple[int, int, ElementwiseOp]]) -> None:
         self.parts = parts
@@ -140,11 +146,17 @@ class SegmentedOp:
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
         if self.in_place is not None:
-            return h, [function(h[start:stop]) for start, stop, function in self.in_place]
+            return h, [function(h[start:stop]) for start, stop, (function, _) in self.in_place]
         outs, saved = zip(*(op.forward(h[start:stop]) for start, stop, op in self.parts))
         return torch.cat(outs), list(saved)
 
     def backward(self, grad: torch.Tensor, saved: list[Any]) -> torch.Tensor | None:
+        # In place only over a contiguous gradient: the next layer's reductions (a bias gradient's sum)
+        # must see autograd's layout, which is cat's, to round alike (a batch norm's gradient is not).
+        if self.in_place is not None and grad.is_contiguous():
+            for (start, stop, (_, derivative)), out in zip(self.in_place, saved):
+                derivative(grad[start:stop], out)
+            return grad
         return torch.cat([op.backward(grad[a:b], kept) for (a, b, op), kept in zip(self.parts, saved)])
 
 
