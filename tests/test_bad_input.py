@@ -135,6 +135,10 @@ def test_caps_can_be_raised_on_purpose(tmp_path, monkeypatch):
             "variant relu: model.hidden: training needs about",
         ),
         (["relu", "--seeds", "300", "--set", "model.hidden=[30000,30000]"], "for a stack of 300 models"),
+        (
+            ["relu", "--seeds", "300", "--set", "model.hidden=[30000,30000]"],
+            "(--stacks variant, or --engine sequential)",
+        ),
         (["relu", "--set", "seed=9223372036854775807", "--seeds", "2"], "seed"),
         (["relu", "--set", "model..hidden=1"], "the key 'model..hidden' has an empty part"),
         (["relu", "--vary", "model.hidden=[1],[" + "1," * 120 + "1]"], "longer than 200"),

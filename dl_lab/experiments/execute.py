@@ -90,7 +90,7 @@ def check_trainable(
             f"training needs about {human(needed)}{stack} ({planned_parameters(config, data.num_features, data.num_classes):,} "
             f"parameters per model with gradients and {config.optimizer.name} state, plus a batch's activations), "
             f"but {device} has about {human(free)} free; allowed: smaller model.hidden widths"
-            + (", fewer seeds or variants per stack (--engine sequential)" if models > 1 else ""),
+            + (", fewer runs per stack (--stacks variant, or --engine sequential)" if models > 1 else ""),
             key="model.hidden",
         )
 
