@@ -15,6 +15,7 @@ import pytest
 from conftest import sets
 
 from dl_lab.cli.app import app
+from dl_lab.experiments.planning import load_plan as plan_of
 
 SYNTH = sets("device=cpu", "data.dataset=synthetic", "data.train_subset=600", "train.epochs=2", "model.hidden=[16]")
 
@@ -106,6 +107,10 @@ def test_resume_of_a_folder_from_an_older_version_keeps_every_run(runner, finish
     for variant in old["variants"]:
         strip_key(variant["config"], "train.step_grad_norms")
     (finished / "plan.json").write_text(json.dumps(old))
+    # a version-1 plan recorded no stacks: they are derived as that version grouped runs, by activation
+    derived = plan_of(finished)
+    units = [sorted(derived.runs[i].folder for i in unit.runs) for unit in derived.units]
+    assert units == [["relu-seed777", "relu-seed778"], ["sigmoid-seed777", "sigmoid-seed778"]]
     before = run_files(finished)
 
     result = runner.invoke(app, ["compare", "--resume", str(finished)])
