@@ -67,6 +67,23 @@ echo "== rbm preset, short, cuda =="
 python3 -m dl_lab train --config lab09/rbm --set device=cuda --set train.epochs=2 --set model.rbm.epochs=2 --json --runs-dir /tmp/runs 2>/dev/null \
   | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'rbm errors', s['pretraining']['reconstruction_error'])"
 
+echo "== issue 14: the 15-epoch relu preset with CUDA graphs (target: 1.0 s of training) =="
+python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --json --runs-dir /tmp/runs 2>/dev/null \
+  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
+
+echo "== issue 14: the 15-epoch 2 x 5 grid, captured (target: 2.0 s) =="
+python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --repeats 1 2>&1 | tee "$OUT/grid15_cuda.txt"
+
+echo "== issue 14: a comparison with dropout, captured and eager: the same table? =="
+D="compare relu sigmoid --seeds 3 --set train.epochs=2 --set model.dropout=0.3 --device cuda"
+python3 -m dl_lab $D --runs-dir /tmp/drop-eager >/dev/null 2>&1; echo "eager rc=$?"
+python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/dev/null 2>&1; echo "captured rc=$?"
+python3 - <<'PY'
+import csv, glob
+for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-*/table.csv")[0])) for k in ("eager", "graph"))):
+    print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} train_loss {r.get('train_loss_mean')}" for r in variant_rows))
+PY
+
 echo "== bench: classic loop vs dllab vs bare loop, cuda =="
 python3 bench/epoch_speed.py --device cuda --epochs 3 2>&1 | tee "$OUT/bench_cuda.txt"
 

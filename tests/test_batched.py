@@ -200,3 +200,24 @@ def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
         for a, b in zip(one.history, together.history, strict=True):  # recorded inside the captured steps too
             assert len(a.diagnostics.train_grad_norm) == 3
             assert b.diagnostics.train_grad_norm == pytest.approx(a.diagnostics.train_grad_norm, rel=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)], ids=["one model", "a stack"])
+def test_dropout_runs_captured_as_cuda_graphs_draw_the_masks_eager_steps_draw(seeds):
+    """A stack's per-model dropout streams are registered with the graph and every stream (the default
+    one too) is restored after the warm-up, so captured training takes the eager masks: the same
+    numbers up to float rounding, where other masks would move the losses by far more."""
+    device = torch.device("cuda")
+    configs = [config(seed, dropout=0.5, activation="tanh").model_copy(update={"device": "cuda"}) for seed in seeds]
+    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
+    engine = SequentialEngine() if len(seeds) == 1 else BatchedEngine()
+    eager = engine.run(configs, data, device, Observer())
+    captured = engine.run(graphed, data, device, Observer())
+    for one, together in zip(eager, captured, strict=True):
+        assert together.status == "completed", together.error
+        for a, b in zip(numbers(one), numbers(together), strict=True):
+            assert b == pytest.approx(a, rel=1e-4, abs=1e-4)
+    again = engine.run(graphed, data, device, Observer())  # and a graph's replays are reproducible
+    assert [numbers(r) for r in again] == [numbers(r) for r in captured]

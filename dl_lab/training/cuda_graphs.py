@@ -7,7 +7,11 @@ several steps. The epoch's shuffled indices are copied into a static (steps, bat
 device-side counter picks the row, so nothing changes between replays but the data the graph reads.
 
 Capture needs a few warm-up steps; they run on a copy of the state that is then restored (weights,
-batch-norm buffers, optimizer moments), so the run starts from its own initial weights.
+batch-norm buffers, optimizer moments, and the random streams dropout draws from), so the run starts
+from its own initial weights and draws the masks an eager run would. A stack's per-model dropout
+generators are registered with the graph (torch registers the device's default one itself): each
+replay reads its streams' current offsets and advances them by what its steps drew, so replay i
+draws what eager steps would.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class GraphedSteps:
     ``body`` trains on one row of the index table and returns the step's loss and correct count
     (shape ``tail``: () for one model, (M,) for a stack), and with ``grad_layers`` > 0 the gradient
     norms of that many Linear layers; ``state`` lists every tensor the warm-up changes besides
-    optimizer state (parameters, batch-norm buffers), to be restored after capture.
+    optimizer state (parameters, batch-norm buffers), to be restored after capture; ``streams`` the
+    CUDA generators the step draws from besides the device's default one (a stack's dropout streams).
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class GraphedSteps:
         tail: tuple[int, ...],
         device: torch.device,
         grad_layers: int = 0,
+        streams: Sequence[torch.Generator] = (),
     ) -> None:
         self.per_replay = steps_per_graph(steps)
         self.table = torch.zeros(steps, row_width, dtype=torch.long, device=device)
@@ -75,6 +81,10 @@ class GraphedSteps:
             self.counter += 1
 
         snapshot = [t.detach().clone() for t in state]
+        self.graph = torch.cuda.CUDAGraph()
+        for stream in streams:  # before the warm-up: a torch that refuses it fails before any work
+            self.graph.register_generator_state(stream)
+        random_states = [torch.cuda.get_rng_state(device), *(stream.get_state() for stream in streams)]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
@@ -83,7 +93,9 @@ class GraphedSteps:
                 step()  # also allocates .grad and the optimizer state the graph will reuse
         torch.cuda.current_stream(device).wait_stream(side)
         self.counter.zero_()
-        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.set_rng_state(random_states[0], device)  # capturing draws nothing: replays do
+        for stream, saved in zip(streams, random_states[1:], strict=True):
+            stream.set_state(saved)
         with torch.cuda.graph(self.graph):
             for _ in range(self.per_replay):
                 step()

@@ -128,7 +128,6 @@ class Net(Protocol):
 
     optimizer: torch.optim.Optimizer
     count: int  # runs in the unit (M)
-    can_graph: bool  # whether the step may be captured as a CUDA graph
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
         """The training step on a row of batch indices (run 0's batch, then run 1's...); eager or captured."""
@@ -141,6 +140,10 @@ class Net(Protocol):
     def graph_state(self) -> list[torch.Tensor]:
         """Every tensor a training step changes besides optimizer state (restored after capture)."""
 
+    def random_streams(self) -> list[torch.Generator]:
+        """The generators a training step draws from besides the device's default one (registered with a
+        CUDA graph, and restored after its warm-up)."""
+
     def models(self) -> list[nn.Sequential]:
         """Each run's model with the current weights (for diagnostics and run_finished)."""
 
@@ -149,13 +152,7 @@ class SingleNet:
     """One nn.Sequential trained as itself."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.model, self.optimizer, self.loss_fn, self.count, self.can_graph = (
-            model,
-            optimizer,
-            nn.CrossEntropyLoss(),
-            1,
-            True,
-        )
+        self.model, self.optimizer, self.loss_fn, self.count = model, optimizer, nn.CrossEntropyLoss(), 1
 
     @classmethod
     def for_training(cls, members: list[Member], device: torch.device, graphed: bool) -> SingleNet:
@@ -198,6 +195,9 @@ class SingleNet:
     def graph_state(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.model.buffers()]
 
+    def random_streams(self) -> list[torch.Generator]:
+        return []  # nn.Dropout draws from the device's default generator
+
     def models(self) -> list[nn.Sequential]:
         return [self.model]
 
@@ -234,7 +234,7 @@ def train_unit(
             members.append(_build_member(config, generators, data, device, observer))
         graphed = uses_cuda_graphs(first, device, plan)
         net = make_net(members, device, graphed)
-        fit(net, members, data, plan, observer, graphed and net.can_graph)
+        fit(net, members, data, plan, observer, graphed)
     except AllDiverged:
         pass
     except KeyboardInterrupt:
@@ -428,7 +428,15 @@ def _capture(
     """Capture the unit's training step (see cuda_graphs.py)."""
     layers = len(linear_layers(net.models()[0])) if track_grads else 0
     return GraphedSteps(
-        body, net.graph_state(), net.optimizer, plan.steps, count * plan.batch_size, (count,), device, layers
+        body,
+        net.graph_state(),
+        net.optimizer,
+        plan.steps,
+        count * plan.batch_size,
+        (count,),
+        device,
+        layers,
+        net.random_streams(),
     )
 
 

@@ -260,11 +260,9 @@ class StackNet:
     def __init__(self, members: list[Member], device: torch.device, graphed: bool) -> None:
         self.members, self.count = members, len(members)
         self.stack = Stack([m.model for m in members], [m.config.model.dropout for m in members], device)
-        # Per-model dropout generators are not registered with CUDA graphs: stacks with dropout run eagerly.
-        self.can_graph = not self.stack.has_dropout
         config = members[0].config
         self.optimizer = OPTIMIZERS[config.optimizer.name].build(
-            self.stack.parameters(), config.optimizer, device, graphed and self.can_graph
+            self.stack.parameters(), config.optimizer, device, graphed
         )
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
@@ -316,6 +314,10 @@ class StackNet:
 
     def graph_state(self) -> list[torch.Tensor]:
         return [*self.stack.parameters(), *self.stack.buffers()]
+
+    def random_streams(self) -> list[torch.Generator]:
+        """Each model's dropout stream, when the models have dropout (CUDA graphs register them)."""
+        return [m.dropout_stream for m in self.members] if self.stack.has_dropout else []
 
     def models(self) -> list[nn.Sequential]:
         models = [m.model for m in self.members]
