@@ -5,7 +5,7 @@ shared a stack). Prints total seconds and the ratios, and each seed's test accur
 judged against the fp32 sequential result.
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2] [--bf16]
-       [--init preset]
+       [--init preset] [--presets relu sigmoid]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--presets", nargs="+", default=["relu", "sigmoid"], help="the grid's variants")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
@@ -54,7 +55,7 @@ def main() -> None:
                     *more,
                 ],
             ).config
-            for name in ("relu", "sigmoid")
+            for name in args.presets
             for i in range(args.seeds)
         ]
 
@@ -83,7 +84,7 @@ def main() -> None:
     samples = len(configs) * args.epochs * results[0].plan.samples
     print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
-        f"grid: 2 variants x {args.seeds} seeds, 784-256-256-10, init {args.init}, Adam, batch 100, "
+        f"grid: {' + '.join(args.presets)} x {args.seeds} seeds, init {args.init}, "
         f"{args.epochs} epoch(s) each; "
         f"median of {args.repeats}{'; CUDA graphs' if args.cuda_graphs else ''}"
     )
@@ -93,7 +94,7 @@ def main() -> None:
         print(f"{name + ' engine:':<28} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s)")
     for name, _, _ in engines[1:]:
         print(f"{name} / sequential: {statistics.median(times[name]) / sequential:.2f}")
-    for v, variant in enumerate(("relu", "sigmoid")):
+    for v, variant in enumerate(args.presets):
         seeds = slice(v * args.seeds, (v + 1) * args.seeds)
         seq = accuracies["sequential"][seeds]
         spread = statistics.stdev(seq) if len(seq) > 1 else 0.0

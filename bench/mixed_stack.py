@@ -1,6 +1,7 @@
-"""One stack of 2M models against two stacks of M, timed step by step in one process: relu and
+"""One stack of K x M models against K stacks of M, timed step by step in one process: relu and
 sigmoid models in one stack (how `dllab compare relu sigmoid` now stacks them) against a stack of each
 (as before, and as --stacks variant plans it), and for scale the same with one activation throughout.
+--activations names the K variants (default relu sigmoid: K = 2).
 
 The three layouts take turns every step (one step of the big stack, then one of each small stack),
 each step timed, so the machine's changing load falls on all of them alike. Synthetic batches drawn
@@ -8,6 +9,7 @@ from the loaded dataset, the relu preset's 784-256-256-10 MLP with Xavier init a
 summed over the steps.
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/mixed_stack.py [--models 5] [--steps 600] [--device cpu]
+       [--activations relu sigmoid]
 """
 
 from __future__ import annotations
@@ -57,17 +59,20 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=5, help="M: models per small stack")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--activations", nargs="+", default=["relu", "sigmoid"], help="one stack of M per name")
     args = parser.parse_args()
-    relu, sigmoid = (
-        load_config(name, ["model.init=xavier_uniform", f"device={args.device}"]).config for name in ("relu", "sigmoid")
-    )
+    variants = [
+        load_config("relu", [f"model.activation={name}", "model.init=xavier_uniform", f"device={args.device}"]).config
+        for name in args.activations
+    ]
+    relu = variants[0].model_copy(update={"model": variants[0].model.model_copy(update={"activation": "relu"})})
     device, data = device_and_data(relu, os.environ)
     if device.type != "cpu":
         raise SystemExit("the stack's hand-written pass runs on the CPU only")
-    x, y, m = data.train.x, data.train.y, args.models
+    x, y, m, k = data.train.x, data.train.y, args.models, len(variants)
     cases = {
-        "relu + sigmoid": ([relu] * m + [sigmoid] * m, [[relu] * m, [sigmoid] * m]),
-        "relu only": ([relu] * 2 * m, [[relu] * m, [relu] * m]),
+        " + ".join(args.activations): ([c for c in variants for _ in range(m)], [[c] * m for c in variants]),
+        "relu only": ([relu] * k * m, [[relu] * m] * k),
     }
     print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{args.steps} steps of batch {relu.data.batch_size} per model, 784-256-256-10, Adam; seconds summed")
@@ -86,7 +91,7 @@ def main() -> None:
                 part()
             together, apart = together + middle - start, apart + time.perf_counter() - middle
         print(
-            f"{name}: one stack of {2 * m} {together:.2f} s, two stacks of {m} {apart:.2f} s, "
+            f"{name}: one stack of {k * m} {together:.2f} s, {k} stacks of {m} {apart:.2f} s, "
             f"ratio {together / apart:.3f}"
         )
 
