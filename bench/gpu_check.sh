@@ -81,7 +81,7 @@ python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/d
 python3 - <<'PY'
 import csv, glob
 for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-*/table.csv")[0])) for k in ("eager", "graph"))):
-    print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} train_loss {r.get('train_loss_mean')}" for r in variant_rows))
+    print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} test_loss {r['test_loss_mean']}" for r in variant_rows))
 PY
 
 echo "== bench: classic loop vs dllab vs bare loop, cuda =="
