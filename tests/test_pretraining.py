@@ -94,3 +94,61 @@ def test_rbm_and_gain_settings_are_validated(runner, fast_config, tmp_path, over
     result = runner.invoke(app, ["train", "-c", str(fast_config), *args, "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and words in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+RBM_RUN = {**FAST, "train": {"epochs": 1}, "model": {"hidden": [32, 16], "activation": "sigmoid", "init": "rbm"}}
+
+
+def test_a_diverging_rbm_ends_its_run_as_diverged_and_names_model_rbm_lr(runner, write_config, tmp_path):
+    """RBM pre-training at an lr that overflows float32: the run stops there as diverged (exit 3), says
+    where and which key to change, and writes no nan into its JSON (the diverged epoch is not recorded)."""
+    config = write_config({**RBM_RUN, "model": {**RBM_RUN["model"], "rbm": {"epochs": 2, "lr": 1e300}}})
+    result = runner.invoke(app, ["train", "-c", str(config), "--runs-dir", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 3, result.output
+    assert "RBM pre-training: layer 1's" in result.stderr and "at epoch 1" in result.stderr
+    assert "a smaller model.rbm.lr usually helps" in result.stderr and "optimizer.lr" not in result.stderr
+    summary = _strict_json(result.stdout)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at"] == {"pretraining_layer": 1, "pretraining_epoch": 1}
+    folder = Path(summary["run_dir"])
+    assert _strict_json((folder / "summary.json").read_text())["status"] == "diverged"
+    assert list(csv.DictReader((folder / "metrics.csv").open())) == []  # fine-tuning never started
+    rows = (
+        list(csv.DictReader((folder / "pretrain_metrics.csv").open()))
+        if (folder / "pretrain_metrics.csv").exists()
+        else []
+    )
+    assert rows == []
+
+
+def test_a_run_whose_rbm_diverges_leaves_its_stack_and_the_others_train_as_alone():
+    from dl_lab.training.engine import Observer, train
+    from dl_lab.training.stack import train_batched
+
+    def make(seed: int, lr: float):
+        from dl_lab.config.schema import ExperimentConfig
+
+        model = {**RBM_RUN["model"], "rbm": {"epochs": 1, "lr": lr}}
+        return ExperimentConfig.model_validate({**RBM_RUN, "name": "r", "seed": seed, "model": model})
+
+    good, bad, other = make(1, 0.05), make(2, 1e300), make(3, 0.05)
+    data = load_dataset(good.data, DataRoot(Path("/x"), "t"), CPU)
+    results = train_batched([good, bad, other], data, CPU, Observer())  # rbm settings stack together
+    assert [r.status for r in results] == ["completed", "diverged", "completed"]
+    assert results[1].history == () and results[1].pretraining == ()
+    assert "RBM pre-training: layer 1's" in results[1].error
+    for config, stacked in ((good, results[0]), (other, results[2])):
+        alone = train(config, data, CPU, Observer())
+        errors = [[(e.layer, e.epoch, e.reconstruction_error) for e in r.pretraining] for r in (stacked, alone)]
+        assert errors[0] == errors[1]  # pre-training runs model by model, before stacking
+        assert stacked.final.test_acc == pytest.approx(alone.final.test_acc, abs=2e-3)
+        assert stacked.final.train_loss == pytest.approx(alone.final.train_loss, rel=1e-3)
+    lone_bad = train(bad, data, CPU, Observer())
+    assert (lone_bad.status, lone_bad.history) == ("diverged", ())

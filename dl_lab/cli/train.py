@@ -33,7 +33,7 @@ def train(
 ) -> None:
     """Train one model from a config; write config.yaml, metrics.csv, summary.json and env.json to a new run folder.
 
-    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 3 diverged (non-finite loss),
+    Exit codes: 0 completed, 1 failed, 2 bad input (nothing written), 3 diverged (non-finite loss or RBM pre-training),
     130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP.
     """
     from rich.console import Console
@@ -60,9 +60,10 @@ def train(
         where = f" (traceback in {error_file})" if error_file.is_file() else ""
         typer.echo(f"error: training failed: {summary.error}{where}", err=True)
     if summary.status == "diverged":
+        key = "model.rbm.lr" if "pretraining_layer" in (summary.diverged_at or {}) else "optimizer.lr"
         typer.echo(
             f"error: training diverged: {summary.error}. The metrics of the epochs before are kept in "
-            f"{summary.run_dir}; a smaller optimizer.lr usually helps.",
+            f"{summary.run_dir}; a smaller {key} usually helps.",
             err=True,
         )
     raise typer.Exit(STATUS_EXIT.get(summary.status) if summary.status != "interrupted" else interrupted_exit())

@@ -10,6 +10,7 @@ activations they are still a data-dependent starting point.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -25,11 +26,22 @@ from dl_lab.config.schema import RbmConfig
 EpochCallback = Callable[[int, int, float, float], None]
 
 
+class PretrainingDiverged(Exception):
+    """An RBM's reconstruction error or weights became non-finite (nan or inf): what fine-tuning would
+    start from is not a network. Raised instead of reporting that epoch (the epochs before are kept)."""
+
+    def __init__(self, layer: int, epoch: int, error: float) -> None:
+        what = f"reconstruction error became {error}" if not math.isfinite(error) else "weights became non-finite"
+        super().__init__(f"RBM pre-training: layer {layer}'s {what} at epoch {epoch}")
+        self.layer, self.epoch = layer, epoch
+
+
 @torch.no_grad()
 def pretrain_rbm(
     model: nn.Module, inputs: torch.Tensor, cfg: RbmConfig, order: torch.Generator, on_epoch: EpochCallback
 ) -> None:
-    """Pre-train every hidden Linear layer of ``model`` in place, reporting each epoch to ``on_epoch``."""
+    """Pre-train every hidden Linear layer of ``model`` in place, reporting each epoch to ``on_epoch``;
+    raises PretrainingDiverged when an epoch leaves a non-finite error or weights."""
     for index, layer in enumerate(linear_layers(model)[:-1], start=1):
         weight, hidden_bias = _train_rbm(inputs, layer.out_features, cfg, order, index, on_epoch)
         layer.weight.copy_(weight)
@@ -66,5 +78,8 @@ def _train_rbm(
             weight += rate * (ph0.T @ v0 - ph.T @ pv)
             visible_bias += rate * (v0 - pv).sum(0)
             hidden_bias += rate * (ph0 - ph).sum(0)
-        on_epoch(index, epoch, error.item() / (n * visible), time.perf_counter() - start)
+        mean_error = error.item() / (n * visible)
+        if not (math.isfinite(mean_error) and torch.isfinite(weight).all()):  # one more host sync per epoch
+            raise PretrainingDiverged(index, epoch, mean_error)
+        on_epoch(index, epoch, mean_error, time.perf_counter() - start)
     return weight, hidden_bias

@@ -91,7 +91,7 @@ class RunSummary(Record):
     finished_at: Optional[str] = None
     run_dir: str
     error: Optional[str] = None  # the last line of the traceback, or the reason a run diverged
-    diverged_at: Optional[dict[str, int]] = None  # {"epoch": e, "step": s}
+    diverged_at: Optional[dict[str, int]] = None  # {"epoch": e, "step": s}, or {"pretraining_layer", "pretraining_epoch"}
     warnings: list[str] = []
     diagnostics: Optional[DiagnosticsSummary] = None
     pretraining: Optional[PretrainingSummary] = None

@@ -29,7 +29,7 @@ from dl_lab.components.datasets import Dataset, Split
 from dl_lab.components.model import build_mlp, linear_layers, parameter_count
 from dl_lab.components.optimizers import OPTIMIZERS
 from dl_lab.components.plain_optim import plain_step
-from dl_lab.components.pretraining import pretrain_rbm
+from dl_lab.components.pretraining import PretrainingDiverged, pretrain_rbm
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
 from dl_lab.training.cuda_graphs import GraphedSteps, StepBody, StepOut
@@ -233,6 +233,8 @@ def train_unit(
             started.append(config)
             members.append(_build_member(config, generators, data, device, observer))
         graphed = uses_cuda_graphs(first, device, plan)
+        if all(member.status != "completed" for member in members):
+            raise AllDiverged  # in pre-training: nothing is left to train
         net = make_net(members, device, graphed)
         fit(net, members, data, plan, observer, graphed)
     except AllDiverged:
@@ -259,16 +261,24 @@ def _build_member(
 ) -> Member:
     model = build_mlp(config.model, data.num_features, data.num_classes).to(device)  # may fail to allocate
     pretraining: list[PretrainEpoch] = []
+    diverged: PretrainingDiverged | None = None
     if config.model.init == "rbm":
 
         def pretrain_epoch_done(layer: int, epoch: int, error: float, seconds: float) -> None:
             pretraining.append(PretrainEpoch(layer, epoch, error, seconds))
             observer.pretrain_epoch_done(config, pretraining[-1])
 
-        pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
+        try:
+            pretrain_rbm(model, data.train.x, config.model.rbm, generators.pretrain, pretrain_epoch_done)
+        except PretrainingDiverged as exc:
+            diverged = exc
     stream = torch.Generator(device=device)
     stream.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
-    return Member(config, generators.order, model, stream, pretraining=pretraining)
+    member = Member(config, generators.order, model, stream, pretraining=pretraining)
+    if diverged is not None:  # the run ends here; the rest of its unit trains on (its slice of a stack is ignored)
+        member.status, member.error = "diverged", str(diverged)
+        member.diverged_at = {"pretraining_layer": diverged.layer, "pretraining_epoch": diverged.epoch}
+    return member
 
 
 def _unbuilt(config: ExperimentConfig, status: Status) -> Member:

@@ -131,7 +131,7 @@ class TrainResult:
     parameters: int
     error: str | None = None  # traceback text for failed runs, the reason for diverged ones
     pretraining: tuple[PretrainEpoch, ...] = ()
-    diverged_at: dict[str, int] | None = None  # {"epoch": e, "step": s} for diverged runs
+    diverged_at: dict[str, int] | None = None  # {"epoch": e, "step": s}, or {"pretraining_layer", "pretraining_epoch"}
 
     @property
     def final(self) -> EpochMetrics | None:
