@@ -43,6 +43,7 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     (tmp_path / "huge.yaml").write_text("# padding\n" * 200_000 + "seed: 1\n")  # 2 MB
     (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "rbm_keys.yaml").write_text(yaml.safe_dump({**FAST, "model": {"hidden": [8], "rbm": {"epochs": 3}}}))
     c = ["-c", str(fast)]
     return {
         "non-UTF-8 config": (["-c", str(tmp_path / "latin1.yaml")], "not UTF-8 text (byte 0xe9 at offset 9)"),
@@ -73,6 +74,12 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             "--set 'model..hidden=1': the key 'model..hidden' has an empty part",
         ),
         "leading dot": ([*c, "--set", ".model=1"], "--set '.model=1': the key '.model' has an empty part"),
+        # the key's source is the --set that made it, not the file that set its section (relu.yaml sets model)
+        "rbm key from --set": (["-c", "relu", "--set", "model.rbm.epochs=3"], "--set: model.rbm: init normal does not"),
+        "rbm key from a file": (
+            ["-c", str(tmp_path / "rbm_keys.yaml")],
+            "rbm_keys.yaml: model.rbm: init normal does not",
+        ),
         "extends 40 deep": (["-c", str(chain(tmp_path, 40))], "extends: a chain of more than 32 files"),
         "config of 2 MB": (["-c", str(tmp_path / "huge.yaml")], "larger than 1,048,576 bytes"),
     }
@@ -92,6 +99,8 @@ CASES = [
     "nan gain",
     "empty key part",
     "leading dot",
+    "rbm key from --set",
+    "rbm key from a file",
     "extends 40 deep",
     "config of 2 MB",
 ]

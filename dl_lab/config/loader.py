@@ -273,13 +273,18 @@ def _dotted(loc: list[str]) -> str:
 
 
 def _origin_of(loc: list[str], origins: dict[str, str], path: Path) -> str:
+    """Where ``loc`` was set: the key itself; else the last source that set a key below it (--set
+    model.rbm.lr=1 made model.rbm, and --set is applied after the files); else its nearest section."""
     names = [p for p in loc if not p.isdigit()]
+    key = ".".join(names)
+    nested = [o for k, o in origins.items() if k.startswith(key + ".")]  # e.g. --set seed.x=1
+    if key not in origins and nested:
+        return nested[-1]
     for end in range(len(names), 0, -1):
         origin = origins.get(".".join(names[:end]))
         if origin:
             return origin
-    nested = [o for k, o in origins.items() if k.startswith(".".join(names) + ".")]  # e.g. --set seed.x=1
-    return nested[0] if nested else _display(path)
+    return _display(path)
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
