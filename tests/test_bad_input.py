@@ -76,6 +76,10 @@ def cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "leading dot": ([*c, "--set", ".model=1"], "--set '.model=1': the key '.model' has an empty part"),
         # the key's source is the --set that made it, not the file that set its section (relu.yaml sets model)
         "rbm key from --set": (["-c", "relu", "--set", "model.rbm.epochs=3"], "--set: model.rbm: init normal does not"),
+        "batch norm on batches of one": (
+            ["-c", "lab09/batchnorm", "--set", "data.batch_size=1"],
+            "data.batch_size: 1 with model.batchnorm: batch norm normalizes each feature over the batch",
+        ),
         "rbm key from a file": (
             ["-c", str(tmp_path / "rbm_keys.yaml")],
             "rbm_keys.yaml: model.rbm: init normal does not",
@@ -101,6 +105,7 @@ CASES = [
     "leading dot",
     "rbm key from --set",
     "rbm key from a file",
+    "batch norm on batches of one",
     "extends 40 deep",
     "config of 2 MB",
 ]

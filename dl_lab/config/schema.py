@@ -226,6 +226,16 @@ class ExperimentConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _batchnorm_needs_two_samples_a_batch(self) -> ExperimentConfig:
+        if self.model.has_batchnorm_layers and self.data.batch_size < 2:
+            raise ValueError(
+                "data.batch_size: 1 with model.batchnorm: batch norm normalizes each feature over the batch, "
+                "and one sample has no variance (its running variance would become nan); "
+                "allowed: data.batch_size >= 2, or model.batchnorm: false"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
