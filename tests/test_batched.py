@@ -12,6 +12,7 @@ from conftest import sets
 
 from dl_lab.cli.app import app
 from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.components.model import build_mlp
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.engine import Observer, SequentialEngine, train
 from dl_lab.training.stack import BatchedEngine, train_batched
@@ -121,6 +122,40 @@ def test_a_diverging_model_does_not_disturb_the_others():
     assert diverged.diverged_at["epoch"] == 1
     assert f"at epoch 1, step {diverged.diverged_at['step']}" in diverged.error
     assert "the training loss became nan" in diverged.error or "(limit 1e+08)" in diverged.error
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "a stack"])
+def test_a_run_whose_evaluation_turns_nan_is_diverged_not_completed(monkeypatch, stacked):
+    """Training losses finite, evaluated ones nan (a batch-norm running variance poisoned in the second
+    model built): that run ends as diverged at the epoch's end, never recorded with a nan; a stack's
+    other run trains on as it would alone."""
+    import dl_lab.training.engine as engine
+
+    built = []
+
+    def build(*args):
+        model = build_mlp(*args)
+        built.append(model)
+        if len(built) == 2:
+            for layer in model:
+                if isinstance(layer, torch.nn.BatchNorm1d):
+                    layer.running_var.fill_(float("nan"))
+        return model
+
+    configs = [config(seed, batchnorm=True) for seed in (1, 2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+    clean = train(configs[0], data, CPU, Observer())
+    monkeypatch.setattr(engine, "build_mlp", build)
+    if stacked:
+        results = train_batched(configs, data, CPU, Observer())
+    else:
+        results = [train(c, data, CPU, Observer()) for c in configs]
+    good, poisoned = results
+    assert poisoned.status == "diverged" and poisoned.history == ()
+    assert poisoned.error == "the test loss became nan at epoch 1 (the training loss stayed finite)"
+    assert poisoned.diverged_at == {"epoch": 1, "step": poisoned.plan.steps}
+    assert good.status == "completed"
+    assert_same_training(clean, good)
 
 
 def test_compare_uses_the_batched_engine_by_default_and_says_so(runner, tmp_path):

@@ -335,7 +335,7 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
                 evaluate(net, data.train) if settings.eval_train else None,
             )
         )
-        live = [index for index, member in enumerate(members) if member.status == "completed"]
+        live = _finite_evaluations(members, values, epoch, plan)
         models = net.models()
         diagnostics = (
             {
@@ -353,6 +353,27 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
     for member, model in zip(members, net.models()):
         if member.status == "completed":
             observer.run_finished(member.config, model, data)
+
+
+def _finite_evaluations(members: Sequence[Member], values: Mapping[str, Any], epoch: int, plan: BatchPlan) -> list[int]:
+    """The runs still training after this epoch's evaluation. One whose evaluated loss is non-finite
+    (its logits are: a nan batch-norm statistic, weights gone bad without the training loss showing it)
+    is diverged here, the epoch unrecorded: a finished run never reports a nan."""
+    checked = [name for name in ("test_loss", "train_eval_loss") if name in values]
+    live = []
+    for index, member in enumerate(members):
+        if member.status != "completed":
+            continue
+        bad = next((name for name in checked if not math.isfinite(values[name][index])), None)
+        if bad is None:
+            live.append(index)
+            continue
+        member.status, member.diverged_at = "diverged", {"epoch": epoch, "step": plan.steps}
+        what = f"the {bad.replace('_', ' ')} became {values[bad][index]}"
+        member.error = f"{what} at epoch {epoch} (the training loss stayed finite)"
+    if not live:
+        raise AllDiverged
+    return live
 
 
 def train_epoch(
