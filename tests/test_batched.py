@@ -203,6 +203,9 @@ def test_stacks_variant_gives_each_variant_its_stack_and_a_resume_keeps_the_plan
     again = runner.invoke(app, ["compare", "--resume", str(folder), "--stacks", "architecture"])
     assert again.exit_code == 2 and "allowed: no --stacks with --resume" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+    alone = runner.invoke(app, [*args, "--engine", "sequential", "--runs-dir", str(tmp_path / "none")])
+    assert alone.exit_code == 2 and "--engine sequential trains every run alone" in alone.stderr
+    assert not (tmp_path / "none").exists()  # refused before anything is written
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -262,6 +262,11 @@ def _compare(
                 limit = max(DEFAULT_MAX_RUNS, len(plan.runs)) if max_runs is None else max_runs
                 refuse_another_plan(from_command(plan.engine, limit), plan, resume)
         else:
+            if stacks is not None and engine is Engine.sequential:
+                raise ConfigError(
+                    f"--stacks {stacks.value}: --engine sequential trains every run alone, so there are no stacks "
+                    "to group; allowed: --stacks with --engine auto or batched"
+                )
             check_writable_folder(runs_dir, "--runs-dir")
             plan = from_command((engine or Engine.auto).value, DEFAULT_MAX_RUNS if max_runs is None else max_runs)
         expectations = [parse_expectation(text, [v.label for v in plan.variants]) for text in expect or []]

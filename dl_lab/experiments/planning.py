@@ -26,7 +26,7 @@ from dl_lab.runs.comparison import (
     unreadable_plan,
 )
 from dl_lab.runs.store import PLAN_FILE, safe_name
-from dl_lab.training.stackable import batch_key
+from dl_lab.training.stackable import DEFAULT_GROUPING, batch_key
 
 DEFAULT_MAX_RUNS = 1000
 
@@ -109,7 +109,7 @@ def plan_comparison(
     cwd: Path | None = None,
     engine: str = "auto",
     max_runs: int = DEFAULT_MAX_RUNS,
-    stacks: str = "architecture",
+    stacks: str = DEFAULT_GROUPING,
 ) -> ComparePlan:
     """Resolve every variant's config now, so bad input fails before anything is written or trained."""
     if not names:

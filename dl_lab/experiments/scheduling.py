@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.runs.comparison import Unit
-from dl_lab.training.stackable import plan_batches
+from dl_lab.training.stackable import DEFAULT_GROUPING, plan_batches
 
 ENGINES = ("auto", "batched", "sequential")
 
@@ -22,7 +22,7 @@ def data_key(config: ExperimentConfig) -> str:
     return json.dumps([config.device, config.data.model_dump(mode="json")], sort_keys=True)
 
 
-def plan_units(configs: Sequence[ExperimentConfig], engine: str, stacks: str = "architecture") -> list[Unit]:
+def plan_units(configs: Sequence[ExperimentConfig], engine: str, stacks: str = DEFAULT_GROUPING) -> list[Unit]:
     """The units of work, in training order: per dataset (first seen first), the engine's groups.
 
     auto: runs grouped by ``stacks`` (stackable.GROUPINGS: every run of an architecture, or one

@@ -42,13 +42,13 @@ from dl_lab.training.fused import (
     used_on,
 )
 from dl_lab.training.results import TrainResult
-from dl_lab.training.stackable import plan_batches
+from dl_lab.training.stackable import DEFAULT_GROUPING, plan_batches
 
 
 class BatchedEngine:
     """Batches what it can (see plan_batches), trains the rest one by one."""
 
-    def __init__(self, min_batch: int = 2, by: str = "architecture") -> None:
+    def __init__(self, min_batch: int = 2, by: str = DEFAULT_GROUPING) -> None:
         self.min_batch, self.by = min_batch, by  # by: stackable.GROUPINGS
 
     def run(

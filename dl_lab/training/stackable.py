@@ -15,9 +15,10 @@ from dl_lab.config.schema import ExperimentConfig
 
 # How runs are grouped into stacks: what, besides the architecture, must agree
 GROUPINGS = ("architecture", "variant", "activation")
+DEFAULT_GROUPING = "architecture"
 
 
-def batch_key(config: ExperimentConfig, by: str = "architecture") -> str:
+def batch_key(config: ExperimentConfig, by: str = DEFAULT_GROUPING) -> str:
     """Runs with equal keys train together. by: "architecture" (runs that can share a stack), "variant"
     (also the variant: its seeds), "activation" (also the activation: how plans that did not record
     their stacks, version 1, were grouped)."""
@@ -40,7 +41,7 @@ def activation_key(config: ExperimentConfig) -> tuple[str, float | None]:
     return model.activation, model.leaky_relu_slope if model.activation == "leaky_relu" else None
 
 
-def plan_batches(configs: Sequence[ExperimentConfig], min_size: int = 2, by: str = "architecture") -> list[list[int]]:
+def plan_batches(configs: Sequence[ExperimentConfig], min_size: int = 2, by: str = DEFAULT_GROUPING) -> list[list[int]]:
     """Indices of configs grouped by batch_key (in first-seen order); groups below min_size stay alone.
     Within a group the runs of one activation are together (activations in first-seen order), so each
     activation is one slice of the stack."""
@@ -49,7 +50,7 @@ def plan_batches(configs: Sequence[ExperimentConfig], min_size: int = 2, by: str
         groups.setdefault(batch_key(config, by), []).append(index)
     out: list[list[int]] = []
     for indices in groups.values():
-        order = list(dict.fromkeys(activation_key(configs[i]) for i in indices))
-        indices = sorted(indices, key=lambda i: order.index(activation_key(configs[i])))
+        rank = {key: n for n, key in enumerate(dict.fromkeys(activation_key(configs[i]) for i in indices))}
+        indices = sorted(indices, key=lambda i: rank[activation_key(configs[i])])
         out += [indices] if len(indices) >= min_size else [[i] for i in indices]
     return out
