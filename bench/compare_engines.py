@@ -1,11 +1,13 @@
 """A 2 x 5 comparison grid (relu and sigmoid presets, 5 seeds each) trained by the sequential and the
 batched engine, side by side in one process: batched as `dllab compare` stacks it (one stack of all ten
 models, both activations) and with a stack per variant (--stacks variant, as before activations
-shared a stack). Prints total seconds and the ratios, and each seed's test accuracy under each. With --bf16 the batched engine also trains the grid with train.bf16_matmul=true,
-judged against the fp32 sequential result.
+shared a stack). Prints total seconds and the ratios, and each seed's test accuracy under each. With
+--bf16 the batched engine also trains the grid with train.bf16_matmul=true, judged against the fp32
+sequential result; with --compile, with train.compile=true (its first repeat includes compiling the
+step: use --repeats 3 or more, whose median leaves it out).
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2] [--bf16]
-       [--init preset] [--presets relu sigmoid]
+       [--compile] [--init preset] [--presets relu sigmoid]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
     parser.add_argument("--bf16", action="store_true", help="also the batched engine with train.bf16_matmul=true")
+    parser.add_argument("--compile", action="store_true", help="also the batched engine with train.compile=true")
     parser.add_argument(
         "--init",
         default="xavier_uniform",
@@ -68,6 +71,8 @@ def main() -> None:
     ]
     if args.bf16:
         engines.append(("batched bf16", BatchedEngine(), grid("train.bf16_matmul=true")))
+    if args.compile:
+        engines.append(("batched compiled", BatchedEngine(), grid("train.compile=true")))
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
     accuracies: dict[str, list[float]] = {}
     for _ in range(args.repeats):
@@ -91,7 +96,8 @@ def main() -> None:
     sequential = statistics.median(times["sequential"])
     for name, _, _ in engines:
         seconds = statistics.median(times[name])
-        print(f"{name + ' engine:':<28} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s)")
+        each = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name + ' engine:':<28} {seconds:.2f} s  ({samples / seconds:,.0f} samples/s; each: {each})")
     for name, _, _ in engines[1:]:
         print(f"{name} / sequential: {statistics.median(times[name]) / sequential:.2f}")
     for v, variant in enumerate(args.presets):

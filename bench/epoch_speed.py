@@ -3,17 +3,20 @@
 (a) classic: torchvision MNIST + ToTensor + DataLoader(batch 100, shuffle, drop_last), as in the lab
 (b) dllab:   dl_lab.training.engine.train on the same MLP (784-256-256-10 ReLU) and optimizer (Adam lr 0.001)
 (c) floor:   a bare loop over preloaded tensors with index-slice batches, the same maths
+(d) with --compile: dllab's engine with train.compile (torch.compile of the step; its first epoch
+    includes compiling, printed apart, and the median of 3+ epochs leaves it out)
 
 Each epoch includes one evaluation of the 10k test images, for all three. With --rounds R the three
 pipelines take turns R times (the order rotating each round), and the ratios are taken within each
 round, so a machine that gets busier or quieter over the minutes shifts all three alike. Prints each
 round's median seconds per epoch and ratios, and the median ratios over the rounds.
-Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--rounds 1] [--device cpu]
+Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--rounds 1] [--device cpu] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -67,19 +70,28 @@ def classic(root: str, device: torch.device, epochs: int) -> list[float]:
     return times
 
 
-def dllab(root: str, device: torch.device, epochs: int) -> list[float]:
+def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = False) -> list[float]:
     from dl_lab.components.datasets import DataRoot, load_dataset
     from dl_lab.config.schema import ExperimentConfig
     from dl_lab.training.engine import Observer, train
 
     config = ExperimentConfig.model_validate(
-        {"name": "bench", "data": {"download": False}, "model": {"init": "xavier_uniform"}, "train": {"epochs": epochs}}
+        {
+            "name": "bench",
+            "data": {"download": False},
+            "model": {"init": "xavier_uniform"},
+            "train": {"epochs": epochs, "compile": compile_step},
+        }
     )
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
 
     result = train(config, data, device, Observer())
-    print(f"  dllab:   last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
-    return [m.seconds for m in result.history]
+    seconds = [m.seconds for m in result.history]
+    label = "dllab compiled" if compile_step else "dllab"
+    print(f"  {label}: last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
+    if compile_step:
+        print(f"  {label}: first epoch {seconds[0]:.2f} s (compiling the step), then {seconds[1:]}")
+    return seconds
 
 
 def floor(root: str, device: torch.device, epochs: int) -> list[float]:
@@ -118,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
+    parser.add_argument("--compile", action="store_true", help="add dllab's engine with train.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     from dl_lab.training.device import hardware
@@ -126,9 +139,11 @@ def main() -> None:
     print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{args.epochs} epochs each of 784-256-256-10 ReLU, Adam lr 0.001, batch 100, on {device}")
     pipelines = [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]
-    speedups, overheads = [], []
+    if args.compile:
+        pipelines.append(("dllab compiled", functools.partial(dllab, compile_step=True)))
+    speedups, overheads, compiled = [], [], []
     for round_ in range(args.rounds):
-        turn = pipelines[round_ % 3 :] + pipelines[: round_ % 3]
+        turn = pipelines[round_ % len(pipelines) :] + pipelines[: round_ % len(pipelines)]
         medians = {label: statistics.median(fn(args.root, device, args.epochs)) for label, fn in turn}
         base = medians["classic lab loop"]
         print(f"\nround {round_ + 1}: {'pipeline':<18} {'s/epoch (median)':>17} {'speed-up vs classic':>20}")
@@ -137,12 +152,18 @@ def main() -> None:
         speedups.append(base / medians["dllab engine"])
         overheads.append(medians["dllab engine"] / medians["bare tensor loop"])
         print(f"         dllab / bare loop: {overheads[-1]:.2f} (1.00 = no framework overhead)")
+        if args.compile:
+            compiled.append(medians["dllab compiled"] / medians["dllab engine"])
+            print(f"         dllab compiled / dllab: {compiled[-1]:.2f}")
     if args.rounds > 1:
         print(
             f"\nover {args.rounds} rounds: classic / dllab {statistics.median(speedups):.2f}x "
             f"(each round: {', '.join(f'{r:.2f}' for r in speedups)}); dllab / bare loop "
             f"{statistics.median(overheads):.2f} (each: {', '.join(f'{r:.2f}' for r in overheads)})"
         )
+        if compiled:
+            each = ", ".join(f"{r:.2f}" for r in compiled)
+            print(f"dllab compiled / dllab {statistics.median(compiled):.2f} (each: {each})")
 
 
 if __name__ == "__main__":

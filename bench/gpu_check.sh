@@ -84,8 +84,20 @@ for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-
     print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} test_loss {r['test_loss_mean']}" for r in variant_rows))
 PY
 
-echo "== bench: classic loop vs dllab vs bare loop, cuda =="
-python3 bench/epoch_speed.py --device cuda --epochs 3 2>&1 | tee "$OUT/bench_cuda.txt"
+echo "== issue 14: the 15-epoch relu preset, compiled (train.compile) and captured: seconds with and without the first epoch =="
+python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --set train.compile=true --json --runs-dir /tmp/runs-compiled 2>"$OUT/relu15_compiled.log" \
+  | python3 -c "
+import csv, json, sys
+s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error'))
+epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
+print('first epoch (compiling)', round(epochs[0], 2), 'the other 14:', round(sum(epochs[1:]), 2), '-> 15 epochs at that rate', round(sum(epochs[1:]) * 15 / 14, 2))"
+tail -2 "$OUT/relu15_compiled.log"
+
+echo "== issue 14: the 15-epoch 2 x 5 grid, captured, eager steps against compiled ones (median of 3 leaves compiling out) =="
+python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --compile --repeats 3 2>&1 | tee "$OUT/grid15_cuda_compiled.txt"
+
+echo "== bench: classic loop vs dllab vs bare loop vs dllab compiled, cuda =="
+python3 bench/epoch_speed.py --device cuda --epochs 3 --compile 2>&1 | tee "$OUT/bench_cuda.txt"
 
 echo "== bench: diagnostics overhead, cuda =="
 python3 bench/diagnostics_overhead.py --device cuda --repeats 3 2>&1 | tee "$OUT/diag_cuda.txt"

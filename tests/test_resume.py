@@ -90,12 +90,13 @@ def strip_key(data: dict, dotted: str) -> None:
 
 
 def test_resume_of_a_folder_from_an_older_version_keeps_every_run(runner, finished):
-    """Written before train.step_grad_norms, train.tf32 and train.bf16_matmul existed, by the plan.json of version 1."""
+    """Written before train.step_grad_norms, train.tf32, train.bf16_matmul and train.compile existed, by the plan.json
+    of version 1."""
     import yaml
 
     for config_file in finished.glob("*-seed*/config.yaml"):
         config = yaml.safe_load(config_file.read_text())
-        for key in ("train.step_grad_norms", "train.tf32", "train.bf16_matmul"):
+        for key in ("train.step_grad_norms", "train.tf32", "train.bf16_matmul", "train.compile"):
             strip_key(config, key)
         config_file.write_text(yaml.safe_dump(config))
     plan = json.loads((finished / "plan.json").read_text())

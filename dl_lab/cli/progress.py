@@ -63,7 +63,8 @@ class LineProgress(Observer):
         )
         self.emit(
             f"training {run.name}: {run.train.epochs} epochs x {plan.steps} steps "
-            f"(batch {plan.batch_size}) on {self.device}",
+            f"(batch {plan.batch_size}) on {self.device}"
+            + (", compiled (the first steps wait for torch.compile)" if run.train.compile else ""),
             run,
         )
 

@@ -173,6 +173,11 @@ class TrainConfig(Section):
         description="capture the training step as a CUDA graph and replay it per batch "
         "(CUDA only, full batches only; ignored elsewhere)",
     )
+    compile: bool = Field(
+        False,
+        description="compile the training step with torch.compile (inductor: fewer, fused kernels; the "
+        "first steps pay for compiling it, 7-12 s on a 2-core CPU); meant for CUDA, no faster on CPU",
+    )
     tf32: bool = Field(
         False, description="allow TF32 matmuls on CUDA (faster, ~1e-3 relative precision; no effect on CPU)"
     )

@@ -10,7 +10,7 @@ Speed rules kept here: the dataset already sits on the device, batches are index
 loss and accuracy (and, with train.step_grad_norms, each layer's gradient norm) accumulate on the
 device, and the host reads them once per epoch (plus a glance at the step buffers every
 DIVERGENCE_CHECK_STEPS steps to stop a diverging run). With train.cuda_graphs the step itself is a
-replayed CUDA graph (cuda_graphs.py).
+replayed CUDA graph (cuda_graphs.py); with train.compile it goes through torch.compile (compiled.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dl_lab.components.plain_optim import plain_step
 from dl_lab.components.pretraining import PretrainingDiverged, pretrain_rbm
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
+from dl_lab.training.compiled import compile_step
 from dl_lab.training.cuda_graphs import GraphedSteps, StepBody, StepOut
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.events import Observer
@@ -318,6 +319,8 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
     settings = members[0].config.train  # part of the batch key: all runs agree
     track = settings.step_grad_norms
     body = net.step(data.train, track)
+    if settings.compile:
+        body = compile_step(body)  # compiled on its first call (with cuda_graphs: in the capture's warm-up)
     steps = _capture(net, body, plan, len(members), data.train.x.device, track) if graphed else None
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
     loss_fn = nn.CrossEntropyLoss()

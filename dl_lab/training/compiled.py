@@ -1,0 +1,56 @@
+"""train.compile: the training step through torch.compile (TorchDynamo + inductor).
+
+The whole step the engine runs per batch — gathering the batch, forward, backward (the hand-written
+pass on CPU, autograd on CUDA), optimizer step, loss and correct count — is handed to torch.compile,
+which fuses its elementwise work into fewer kernels. It is meant for the GPU, where a step of this
+small MLP is a few dozen tiny kernels (not yet measured on one); on a 2-core CPU it gave no speed-up
+after 7-12 s of compilation (docs/performance.md).
+
+- Dropout masks: inductor would draw them with its own generator; ``fallback_random`` makes it call
+  ATen's kernels on the run's own streams, so a compiled run draws the masks an eager one draws and
+  its numbers equal the eager run's up to float rounding (tests/test_compiled.py).
+- With train.cuda_graphs the compiled step is what the graph captures: compilation happens in the
+  capture's warm-up steps.
+- TorchDynamo costs 1.2-1.4 s to import, so it is imported here, only for runs that ask.
+- A step the compiler cannot build (no C++ compiler for the CPU, no Triton for CUDA) fails the run
+  with a message that names train.compile, never silently trains eagerly instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dl_lab.training.cuda_graphs import StepBody, StepOut
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile could not build the training step."""
+
+
+def compile_step(body: StepBody, backend: str | Callable[..., Any] = "inductor") -> StepBody:
+    """``body`` compiled (on its first call); a compiler failure raises CompileFailed."""
+    import torch._dynamo  # noqa: F401  (1.2-1.4 s: only for runs with train.compile)
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.exc import BackendCompilerFailed, TritonUnavailableError
+
+    inductor_config.fallback_random = True  # the masks eager steps draw, from the run's own streams
+    # a CPU-only torch next to a CUDA toolkit logs "No CUDA runtime is found" when inductor looks for compilers
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    compiled = torch.compile(body, backend=backend, dynamic=False)
+
+    def step(index: torch.Tensor) -> StepOut:
+        try:
+            return compiled(index)
+        except (BackendCompilerFailed, TritonUnavailableError) as error:
+            cause = getattr(error, "inner_exception", None) or error  # the backend's own error
+            reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+            raise CompileFailed(
+                f"train.compile: torch.compile could not compile the training step ({reason}); "
+                "set train.compile: false to train without it"
+            ) from error
+
+    return step

@@ -1,0 +1,98 @@
+"""train.compile: the training step through torch.compile trains what the eager step trains, and a
+step the compiler cannot build fails the run with a message that names the key (CPU; inductor
+compiles C++ here, 6-20 s per test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sets
+from test_batched import assert_same_training, config
+
+from dl_lab.cli.app import app
+from dl_lab.components.datasets import DataRoot, load_dataset
+from dl_lab.training import compiled, engine
+from dl_lab.training.engine import Observer, train
+from dl_lab.training.stack import train_batched
+
+CPU = torch.device("cpu")
+
+
+def compiling(base):
+    return base.model_copy(update={"train": base.train.model_copy(update={"compile": True})})
+
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "a stack"])
+def test_a_compiled_step_trains_what_the_eager_step_trains(stacked):
+    """Dropout included (inductor's fallback_random: the masks come from the runs' own streams), batch
+    norm and two activations in the stack; numbers equal up to float rounding."""
+    if stacked:
+        configs = [
+            config(seed, step_grad_norms=True, activation=activation, batchnorm=True, dropout=0.2)
+            for seed, activation in ((1, "relu"), (2, "sigmoid"), (3, "relu"))
+        ]
+    else:
+        configs = [config(1, step_grad_norms=True, dropout=0.3)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+
+    def run(configs):
+        return train_batched(configs, data, CPU, Observer()) if stacked else [train(configs[0], data, CPU, Observer())]
+
+    eager = run(configs)
+    before = compiled_graphs()
+    fused = run([compiling(c) for c in configs])
+    assert compiled_graphs() > before  # the step really went through torch.compile
+    assert [r.status for r in fused] == ["completed"] * len(configs), fused[0].error
+    for one, other in zip(eager, fused, strict=True):
+        assert_same_training(one, other)
+
+
+def refuse(graph, example_inputs):
+    raise RuntimeError("no C++ compiler found")
+
+
+def test_a_step_the_compiler_cannot_build_fails_the_run_and_says_how_to_train_without_it(
+    runner, fast_config, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(engine, "compile_step", lambda body: compiled.compile_step(body, backend=refuse))
+    result = runner.invoke(
+        app, ["train", "-c", str(fast_config), "--runs-dir", str(tmp_path), *sets("train.compile=true")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "train.compile: torch.compile could not compile the training step" in result.stderr
+    assert "no C++ compiler found" in result.stderr and "set train.compile: false" in result.stderr
+    [summary] = [json.loads(path.read_text()) for path in tmp_path.glob("*/summary.json")]
+    assert summary["status"] == "failed" and summary["final"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "a stack"])
+def test_a_compiled_step_captured_as_a_cuda_graph_trains_what_the_eager_step_trains(stacked):
+    """On CUDA, what train.compile is for: compiled in the capture's warm-up, then replayed."""
+    device = torch.device("cuda")
+    seeds = (1, 2, 3) if stacked else (1,)
+    configs = [config(seed, batchnorm=True, dropout=0.2).model_copy(update={"device": "cuda"}) for seed in seeds]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
+    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+
+    def run(configs):
+        if stacked:
+            return train_batched(configs, data, device, Observer())
+        return [train(configs[0], data, device, Observer())]
+
+    eager, fused = run(graphed), run([compiling(c) for c in graphed])
+    assert [r.status for r in fused] == ["completed"] * len(configs), fused[0].error
+    for one, other in zip(eager, fused, strict=True):
+        for a, b in zip(one.history, other.history, strict=True):
+            assert (b.train_loss, b.test_loss) == pytest.approx((a.train_loss, a.test_loss), rel=1e-2)
+            assert b.test_acc == pytest.approx(a.test_acc, abs=5e-3)
