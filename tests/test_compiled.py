@@ -56,6 +56,20 @@ def test_a_compiled_step_trains_what_the_eager_step_trains(stacked):
         assert_same_training(one, other)
 
 
+def test_every_unit_of_a_long_comparison_trains_compiled_past_the_compilers_recompile_limit():
+    """TorchDynamo guards on the parameters' identity: without a fresh start per unit, the ninth unit
+    of a process would quietly train uncompiled (its recompile limit is 8)."""
+    import torch._dynamo
+
+    configs = [compiling(config(seed, hidden=[16])) for seed in range(torch._dynamo.config.recompile_limit + 2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+    for run in configs:
+        before = compiled_graphs()
+        result = train(run, data, CPU, Observer())
+        assert result.status == "completed", result.error
+        assert compiled_graphs() > before, f"seed {run.seed} trained uncompiled"
+
+
 def refuse(graph, example_inputs):
     raise RuntimeError("no C++ compiler found")
 

@@ -12,6 +12,11 @@ after 7-12 s of compilation (docs/performance.md).
 - With train.cuda_graphs the compiled step is what the graph captures: compilation happens in the
   capture's warm-up steps.
 - TorchDynamo costs 1.2-1.4 s to import, so it is imported here, only for runs that ask.
+- Each unit's step is compiled afresh: TorchDynamo guards on the identity of the parameters a step
+  reads, so no unit could reuse another's code, and after 8 such recompilations of one function it
+  would quietly run it eagerly. So the compiler's caches are reset per unit (inductor's on-disk
+  cache still serves the same kernels again, 0.6 s a unit), and a step that would need more than 8
+  compilations within its unit fails the run instead of training on uncompiled.
 - A step the compiler cannot build (no C++ compiler for the CPU, no Triton for CUDA) fails the run
   with a message that names train.compile, never silently trains eagerly instead.
 """
@@ -33,10 +38,12 @@ class CompileFailed(RuntimeError):
 
 def compile_step(body: StepBody, backend: str | Callable[..., Any] = "inductor") -> StepBody:
     """``body`` compiled (on its first call); a compiler failure raises CompileFailed."""
-    import torch._dynamo  # noqa: F401  (1.2-1.4 s: only for runs with train.compile)
+    import torch._dynamo  # 1.2-1.4 s: only for runs with train.compile
     import torch._inductor.config as inductor_config
-    from torch._dynamo.exc import BackendCompilerFailed, TritonUnavailableError
+    from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit, TritonUnavailableError
 
+    torch._dynamo.reset()  # the last unit's code guards on its own parameters: it can never serve this one
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # never eager behind the user's back
     inductor_config.fallback_random = True  # the masks eager steps draw, from the run's own streams
     # a CPU-only torch next to a CUDA toolkit logs "No CUDA runtime is found" when inductor looks for compilers
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -45,7 +52,7 @@ def compile_step(body: StepBody, backend: str | Callable[..., Any] = "inductor")
     def step(index: torch.Tensor) -> StepOut:
         try:
             return compiled(index)
-        except (BackendCompilerFailed, TritonUnavailableError) as error:
+        except (BackendCompilerFailed, TritonUnavailableError, FailOnRecompileLimitHit) as error:
             cause = getattr(error, "inner_exception", None) or error  # the backend's own error
             reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
             raise CompileFailed(
