@@ -3,8 +3,8 @@
 The whole step the engine runs per batch — gathering the batch, forward, backward (the hand-written
 pass on CPU, autograd on CUDA), optimizer step, loss and correct count — is handed to torch.compile,
 which fuses its elementwise work into fewer kernels. It is meant for the GPU, where a step of this
-small MLP is a few dozen tiny kernels (not yet measured on one); on a 2-core CPU it gave no speed-up
-after 7-12 s of compilation (docs/performance.md).
+small MLP is a few dozen tiny kernels (not yet measured on one); on a 2-core CPU it gave no speed-up,
+after 2-23 s of compiling (docs/performance.md).
 
 - Dropout masks: inductor would draw them with its own generator; ``fallback_random`` makes it call
   ATen's kernels on the run's own streams, so a compiled run draws the masks an eager one draws and
@@ -15,7 +15,7 @@ after 7-12 s of compilation (docs/performance.md).
 - Each unit's step is compiled afresh: TorchDynamo guards on the identity of the parameters a step
   reads, so no unit could reuse another's code, and after 8 such recompilations of one function it
   would quietly run it eagerly. So the compiler's caches are reset per unit (inductor's on-disk
-  cache still serves the same kernels again, 0.6 s a unit), and a step that would need more than 8
+  cache still serves the same kernels again: about 1 s a unit), and a step that would need more than 8
   compilations within its unit fails the run instead of training on uncompiled.
 - A step the compiler cannot build (no C++ compiler for the CPU, no Triton for CUDA) fails the run
   with a message that names train.compile, never silently trains eagerly instead.
