@@ -9,6 +9,13 @@ that arrives inside it is held and raised when the section ends, so a result is 
 The handlers run in Python between bytecodes, which is why masking with pthread_sigmask is not used:
 torch's worker threads would receive the signal instead.
 
+Between bytecodes can also mean in the middle of an import (dllab imports torch, numpy, scipy and
+matplotlib lazily, and `import torch` alone takes 1.3-2 s). An exception there leaves a module half
+initialized in sys.modules, some imports swallow it (the signal is lost and a later import of the
+same module fails), and one raised inside a Python call made by torch's C++ code aborts the process
+(pybind11 terminates it with SIGABRT). So a signal that lands inside an import is held and sent again
+every IMPORT_RETRY_SECONDS until the main thread is out of it (at most IMPORT_PATIENCE_SECONDS).
+
 Between bytecodes can mean inside code whose exceptions Python cannot propagate: a weakref callback,
 ``__del__``, a garbage-collector callback (matplotlib frees figures through WeakKeyDictionary
 callbacks). There the exception is handed to ``sys.unraisablehook`` and lost; ``install`` sets a hook
@@ -22,6 +29,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,10 +44,13 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-_state = {"received": None, "depth": 0, "pending": None, "redelivering": False}
+IMPORT_RETRY_SECONDS = 0.05  # how soon a signal held during an import is tried again
+IMPORT_PATIENCE_SECONDS = 10.0  # an import that takes longer (a hung file system) is interrupted all the same
+
+_state: dict[str, Any] = {"received": None, "depth": 0, "pending": None, "redelivering": False, "held_since": None}
 
 
-def _handler(signum: int, frame: object) -> None:
+def _handler(signum: int, frame: Any) -> None:
     _state["received"] = signum
     if _state["redelivering"]:
         _send_later(signum)
@@ -47,7 +58,22 @@ def _handler(signum: int, frame: object) -> None:
     if _state["depth"]:
         _state["pending"] = _state["pending"] or signum
         return
+    if _importing(frame):
+        held_since = _state["held_since"] = _state["held_since"] or time.monotonic()
+        if time.monotonic() - held_since < IMPORT_PATIENCE_SECONDS:
+            _send_later(signum, IMPORT_RETRY_SECONDS)
+            return
+    _state["held_since"] = None
     raise Interrupted(signum)
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` or a caller of it is importing a module (importlib's machinery is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def redeliver(unraisable: Any) -> None:
@@ -64,16 +90,23 @@ def redeliver(unraisable: Any) -> None:
         _state["redelivering"] = False
 
 
-def _send_later(signum: int) -> None:
-    """Send ``signum`` to the main thread from another thread, so its handler runs at a bytecode
-    boundary after the current hook has returned (raise_signal would run it at once, in the hook); a
-    real signal, so a blocking call the main thread has entered meanwhile is interrupted too."""
+def _send_later(signum: int, delay: float = 0.0) -> None:
+    """Send ``signum`` to the main thread from another thread (after ``delay`` seconds), so its handler
+    runs at a bytecode boundary after the current hook or handler has returned (raise_signal would run
+    it at once, inside it); a real signal, so a blocking call the main thread has entered meanwhile is
+    interrupted too."""
     send = getattr(signal, "pthread_kill", None)
+
+    def later() -> None:
+        time.sleep(delay)
+        with contextlib.suppress(OSError):  # the main thread has ended meanwhile
+            if send is None:  # Windows: no per-thread signals
+                _thread.interrupt_main(signum)
+            else:
+                send(threading.main_thread().ident, signum)
+
     with contextlib.suppress(RuntimeError):  # no new threads while the interpreter shuts down
-        if send is None:  # Windows: no per-thread signals
-            _thread.start_new_thread(_thread.interrupt_main, (signum,))
-        else:
-            _thread.start_new_thread(send, (threading.main_thread().ident, signum))
+        _thread.start_new_thread(later, ())
 
 
 def install() -> None:
@@ -84,7 +117,7 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _state.update(
-        received=None, depth=0, pending=None, redelivering=False
+        received=None, depth=0, pending=None, redelivering=False, held_since=None
     )  # one command per install (tests run several in a process)
     sys.unraisablehook = redeliver
     for signum in HANDLED:

@@ -216,7 +216,8 @@ def test_a_signal_raised_where_python_cannot_propagate_it_is_delivered_again_not
                     raise signals.Interrupted(signal.SIGTERM)
 
         def callback(ref):
-            raise signals.Interrupted(signal.SIGTERM)
+            if {where == "weakref callback"!r}:  # one raise per case: two would be two signals
+                raise signals.Interrupted(signal.SIGTERM)
 
         thing = Thing()
         ref = weakref.ref(thing, callback)
@@ -233,6 +234,60 @@ def test_a_signal_raised_where_python_cannot_propagate_it_is_delivered_again_not
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["raised", "True", "143", "True"], done.stdout + done.stderr
     assert done.stderr == ""  # no "Exception ignored ... Traceback"
+
+
+SLOW_MODULE = """
+import time
+
+start = time.monotonic()
+try:
+    while time.monotonic() - start < {seconds}:
+        time.sleep(0.001)
+except {swallowed}:  # some modules swallow everything while they import
+    pass
+finished = True
+"""
+
+
+@pytest.mark.parametrize("patience", [None, 0.5], ids=["held until the import ends", "an import past patience"])
+def test_a_signal_that_lands_inside_an_import_is_raised_after_it(tmp_path, patience):
+    """`import torch` takes 1.3-2 s, and a signal raised inside it was lost to a swallowing import, left
+    numpy half-imported (the report then failed with a RecursionError) or, inside torch's C++ calling
+    Python, aborted the process (found by random SIGTERM points in CI). It must wait for the import to
+    end, then end the command; an import that outlasts IMPORT_PATIENCE_SECONDS is interrupted anyway."""
+    held = patience is None
+    module = SLOW_MODULE.format(seconds=1.0 if held else 30.0, swallowed="BaseException" if held else "ImportError")
+    (tmp_path / "slow_module.py").write_text(module)
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys, threading, time
+        from dl_lab import signals
+
+        sys.path.insert(0, {str(tmp_path)!r})
+        signals.install()
+        patience = {patience!r}
+        if patience is not None:
+            signals.IMPORT_PATIENCE_SECONDS = patience
+        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        start = time.monotonic()
+        try:
+            import slow_module
+            while time.monotonic() - start < 5:
+                time.sleep(0.001)
+            print("lost")
+        except signals.Interrupted as caught:
+            whole = getattr(sys.modules.get("slow_module"), "finished", False)
+            print("raised", caught.signum == signal.SIGTERM, signals.exit_code(), whole, round(time.monotonic() - start, 1))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    words = done.stdout.split()
+    assert words[:4] == ["raised", "True", "143", str(held)], done.stdout + done.stderr
+    if held:
+        assert 1.0 <= float(words[4]) < 1.5  # at the import's end, not before, and promptly
+    else:
+        assert float(words[4]) < 2.0  # not the import's 30 s
+    assert done.stderr == ""
 
 
 def test_other_exceptions_where_python_cannot_propagate_them_are_still_reported():
