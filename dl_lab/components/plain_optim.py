@@ -14,9 +14,11 @@ used, only for markers that matter under ``torch.compile``:
   ``torch.no_grad()``, as ``_use_grad`` does for a non-differentiable optimizer; it falls back to
   ``optimizer.step`` when hooks are registered or the optimizer is differentiable.
 
-dl_lab never compiles. Both rely on torch internals; where torch's layout differs they change
-nothing (the import is paid as before). tests/test_engine.py checks that the updates are identical
-and that a run loads no torch._dynamo.
+dl_lab compiles only with train.compile (training/compiled.py), and then only the training step:
+TorchDynamo traces the unwrapped ``step`` inside it, and none of the four methods above is called
+there. Both rely on torch internals; where torch's layout differs they change nothing (the import is
+paid as before). tests/test_engine.py checks that the updates are identical and that a run loads no
+torch._dynamo; tests/test_compiled.py that compiled steps train what eager ones do.
 """
 
 from __future__ import annotations
