@@ -90,7 +90,8 @@ python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=
 import csv, json, sys
 s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error'))
 epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
-print('first epoch (compiling)', round(epochs[0], 2), 'the other 14:', round(sum(epochs[1:]), 2), '-> 15 epochs at that rate', round(sum(epochs[1:]) * 15 / 14, 2))"
+rest = epochs[1:]
+print('first epoch (compiling)', round(epochs[0], 2), f'the other {len(rest)}:', round(sum(rest), 2), f'-> {len(epochs)} epochs at that rate', round(sum(rest) * len(epochs) / max(len(rest), 1), 2))"
 tail -2 "$OUT/relu15_compiled.log"
 
 echo "== issue 14: the 15-epoch 2 x 5 grid, captured, eager steps against compiled ones (median of 3 leaves compiling out) =="
