@@ -156,6 +156,10 @@ def test_caps_can_be_raised_on_purpose(tmp_path, monkeypatch):
         (["relu", "--set", "seed=9223372036854775807", "--seeds", "2"], "seed"),
         (["relu", "--set", "model..hidden=1"], "the key 'model..hidden' has an empty part"),
         (["relu", "--vary", "model.hidden=[1],[" + "1," * 120 + "1]"], "longer than 200"),
+        # a bad value is blamed on the option that gave it
+        (["relu", "--vary", "model.dropout=0.2,7"], "--vary: model.dropout: Input should be less than 1 (got 7)"),
+        (["relu", "--set", "model.dropout=3", "--vary", "model.init=normal,he_normal"], "--set: model.dropout"),
+        (["relu", "--vary", "model..x=1,2"], "--vary 'model..x=1': the key 'model..x' has an empty part"),
     ],
 )
 def test_compare_refuses_bad_plans_before_writing(runner, tmp_path, args, words):

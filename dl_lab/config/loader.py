@@ -1,6 +1,6 @@
 """Turn config files, `extends` chains and `--set` overrides into one validated ExperimentConfig.
 
-Every user mistake becomes a ConfigError naming the file (or --set), the key and what is allowed.
+Every user mistake becomes a ConfigError naming the file (or --set, or --vary), the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.errors import ConfigError
 
 SET_ORIGIN = "--set"
+VARY_ORIGIN = "--vary"  # a comparison's varied keys, applied after its --set
 # Caps on input that could otherwise be unbounded; an environment variable raises each on purpose.
 MAX_CONFIG_BYTES = ("DLLAB_MAX_CONFIG_BYTES", 1 << 20)
 MAX_EXTENDS_DEPTH = ("DLLAB_MAX_EXTENDS", 32)
@@ -79,12 +80,18 @@ def resolve_config_path(source: str, cwd: Path | None = None) -> Path:
     )
 
 
-def load_config(source: str, overrides: Iterable[str] = (), cwd: Path | None = None) -> LoadedConfig:
+def load_config(
+    source: str, overrides: Iterable[str] = (), cwd: Path | None = None, varied: Iterable[str] = ()
+) -> LoadedConfig:
+    """``source`` with its parents, then ``overrides`` (--set KEY=VALUE), then ``varied`` (one value of
+    each --vary key, KEY=VALUE), validated; errors name the source of the offending key."""
     path = resolve_config_path(source, cwd)
     merged, origins = _read_with_parents(path, chain=())
     merged.setdefault("name", path.stem)  # names are not inherited from parents (see below)
     for item in overrides:
         _apply_override(merged, origins, item)
+    for item in varied:
+        _apply_override(merged, origins, item, VARY_ORIGIN)
     try:
         config = ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
@@ -183,35 +190,33 @@ def _merge(base: dict[str, Any], update: dict[str, Any], origins: dict[str, str]
             origins[dotted] = origin  # nested keys inherit it (see _origin_of)
 
 
-def _apply_override(merged: dict[str, Any], origins: dict[str, str], item: str) -> None:
+def _apply_override(merged: dict[str, Any], origins: dict[str, str], item: str, origin: str = SET_ORIGIN) -> None:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"{SET_ORIGIN} {short(item)}: expected KEY=VALUE, e.g. --set model.activation=sigmoid")
+        raise ConfigError(f"{origin} {short(item)}: expected KEY=VALUE, e.g. {origin} model.activation=sigmoid")
     parts = key.split(".")
     bad = next((part for part in parts if not KEY_PART.match(part)), None)
     if bad is not None:
         what = "an empty part" if not bad else f"the part {short(bad)}"
         raise ConfigError(
-            f"{SET_ORIGIN} {short(item)}: the key {short(key)} has {what}; allowed: dotted names such as "
+            f"{origin} {short(item)}: the key {short(key)} has {what}; allowed: dotted names such as "
             "model.hidden or optimizer.lr"
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"{SET_ORIGIN} {short(item)}: value is not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+        raise ConfigError(f"{origin} {short(item)}: value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     except RecursionError:
-        raise ConfigError(f"{SET_ORIGIN} {short(item)}: value nested too deeply") from None
+        raise ConfigError(f"{origin} {short(item)}: value nested too deeply") from None
     node = merged
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{SET_ORIGIN} {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+            raise ConfigError(f"{origin} {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
         node = child
     update = {parts[-1]: value}
-    _merge(node, update, origins, SET_ORIGIN, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+    _merge(node, update, origins, origin, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
 
 
 def _describe(exc: ValidationError, origins: dict[str, str], path: Path) -> str:

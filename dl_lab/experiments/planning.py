@@ -128,7 +128,7 @@ def plan_comparison(
     variants: list[Variant] = []
     for name in names:
         for combo in combos:
-            config = load_config(name, [*overrides, *(f"{k}={v}" for k, v in combo)], cwd).config
+            config = load_config(name, overrides, cwd, [f"{k}={v}" for k, v in combo]).config
             label = variant_label(config.name, combo, len(names) > 1)
             _refuse_duplicate(variants, Variant(label, config))
             variants.append(Variant(label, config))
