@@ -259,3 +259,36 @@ def test_dropout_runs_captured_as_cuda_graphs_draw_the_masks_eager_steps_draw(se
             assert b == pytest.approx(a, rel=1e-4, abs=1e-4)
     again = engine.run(graphed, data, device, Observer())  # and a graph's replays are reproducible
     assert [numbers(r) for r in again] == [numbers(r) for r in captured]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["hand-written pass", "autograd"])
+def test_a_stacked_model_hands_back_the_state_a_lone_model_has(monkeypatch, fused):
+    """Each model's state_dict after training has the lone model's entries, batch norm's
+    num_batches_tracked included (it stayed 0 in stacked models): what run_finished observers, and
+    anything saving models, see. (Values are compared for the running statistics only: a Linear bias
+    right before batch norm gets a zero gradient, which Adam turns into steps of rounding noise.)"""
+    from dl_lab.training import stack
+
+    if not fused:
+        monkeypatch.setattr(stack, "used_on", lambda device: False)
+    configs = [config(seed, batchnorm=True, dropout=0.2) for seed in (1, 2)]
+    data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
+
+    class States(Observer):
+        def __init__(self) -> None:
+            self.states: list[dict] = []
+
+        def run_finished(self, run, model, data) -> None:
+            self.states.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    alone, together = States(), States()
+    for c in configs:
+        train(c, data, CPU, alone)
+    train_batched(configs, data, CPU, together)
+    steps = configs[0].train.epochs * len(data.train) // configs[0].data.batch_size
+    for one, other in zip(alone.states, together.states, strict=True):
+        assert one.keys() == other.keys()
+        counters = [k for k in one if k.endswith("num_batches_tracked")]
+        assert counters and all(int(other[k]) == int(one[k]) == steps for k in counters)
+        for key in [k for k in one if k.endswith(("running_mean", "running_var"))]:
+            assert torch.allclose(one[key], other[key], rtol=1e-2, atol=1e-2), key

@@ -111,7 +111,9 @@ def test_stacked_pass_gives_the_autograd_stacks_losses_gradients_and_statistics_
         assert torch.equal(got, expected)
     for expected, got in zip(*(s.buffers() for s in stacks), strict=True):  # batch norm's running statistics
         assert torch.equal(got, expected)
-    assert len(stacks[0].buffers()) == (4 if batchnorm else 0)
+    assert len(stacks[0].buffers()) == (6 if batchnorm else 0)  # mean, var and batches counted, per layer
+    counted = [b.tolist() for s in stacks for b in s.buffers() if b.dtype == torch.long]
+    assert counted == ([[1, 1, 1]] * 4 if batchnorm else [])  # one batch per model and layer, either pass
 
 
 def test_a_stacks_batch_norm_is_each_models_own_batch_norm():

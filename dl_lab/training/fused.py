@@ -200,8 +200,8 @@ class BatchNormOp:
     which updates the running statistics in place) and as NativeBatchNormBackward0 differentiates it.
 
     One model: (B, F) in and out, and num_batches_tracked counted as the module counts it. A stack
-    (stack.py's StackedBatchNorm, parameters and statistics (M, F)): (M, B, F) in and out, normalized
-    as (B, M * F) columns through flat views, exactly as its own forward does."""
+    (stack.py's StackedBatchNorm, parameters and statistics (M, F), counters (M,)): (M, B, F) in and
+    out, normalized as (B, M * F) columns through flat views, exactly as its own forward does."""
 
     def __init__(
         self,

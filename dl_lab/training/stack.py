@@ -107,9 +107,13 @@ class StackedBatchNorm:
         self.bias = _leaf([layer.bias for layer in layers])
         self.running_mean = torch.stack([layer.running_mean for layer in layers])
         self.running_var = torch.stack([layer.running_var for layer in layers])
+        # (M,): training batches seen, counted as each BatchNorm1d counts its own (its state_dict has it)
+        self.num_batches_tracked = torch.stack([layer.num_batches_tracked for layer in layers])
         self.eps, self.momentum = layers[0].eps, layers[0].momentum
 
     def forward(self, h: torch.Tensor, training: bool, streams: Sequence[torch.Generator]) -> torch.Tensor:
+        if training:
+            self.num_batches_tracked.add_(1)
         out = F.batch_norm(
             columns(h),
             self.running_mean.view(-1),
@@ -126,10 +130,10 @@ class StackedBatchNorm:
         return [self.weight, self.bias]
 
     def buffers(self) -> list[torch.Tensor]:
-        return [self.running_mean, self.running_var]
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
 
     def copy_into(self, layer: nn.Module, index: int) -> None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             getattr(layer, name).copy_(getattr(self, name)[index])
 
 
@@ -246,7 +250,9 @@ def fused_ops(stack: Stack, streams: Sequence[torch.Generator]) -> list[Op] | No
             ops.append(MaskOp(lambda h, dropout=layer: dropout.mask(h, streams)))
         elif isinstance(layer, StackedBatchNorm):
             running = (layer.running_mean, layer.running_var)
-            ops.append(BatchNormOp(layer.weight, layer.bias, running, layer.momentum, layer.eps))
+            ops.append(
+                BatchNormOp(layer.weight, layer.bias, running, layer.momentum, layer.eps, layer.num_batches_tracked)
+            )
         elif isinstance(layer, StackedActivation) and (op := segmented(layer.segments)) is not None:
             ops.append(op)
         else:
