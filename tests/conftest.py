@@ -25,6 +25,11 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
+def with_section(config, section: str, **keys):
+    """``config`` (an ExperimentConfig) with ``keys`` of one section changed: with_section(c, "train", compile=True)."""
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=keys)})
+
+
 # A small, fast experiment: synthetic data, CPU, two epochs.
 FAST = {"device": "cpu", "data": {"dataset": "synthetic"}, "train": {"epochs": 2}}
 

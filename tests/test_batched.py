@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sets
+from conftest import sets, with_section
 
 from dl_lab.cli.app import app
 from dl_lab.components.datasets import DataRoot, load_dataset
@@ -87,7 +87,7 @@ def test_runs_differing_in_init_or_dropout_p_batch_together_others_do_not():
     assert batch_key(config(1, activation="tanh")) == batch_key(base)  # activations apply elementwise
     assert batch_key(config(1, activation="leaky_relu", leaky_relu_slope=0.2)) == batch_key(base)
     assert batch_key(config(1, hidden=[64, 64])) != batch_key(base)
-    other_lr = base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 0.01})})
+    other_lr = with_section(base, "optimizer", lr=0.01)
     assert batch_key(other_lr) != batch_key(base)
     lone = config(1, hidden=[64])
     assert plan_batches([base, lone, config(2)]) == [[0, 2], [1]]
@@ -112,9 +112,7 @@ def test_engine_falls_back_to_sequential_for_lone_runs_and_keeps_order():
 def test_a_diverging_model_does_not_disturb_the_others():
     configs = [config(1), config(2)]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
-    hot = [
-        c.model_copy(update={"optimizer": c.optimizer.model_copy(update={"name": "sgd", "lr": 50.0})}) for c in configs
-    ]
+    hot = [with_section(c, "optimizer", name="sgd", lr=50.0) for c in configs]
     results = train_batched(hot, data, CPU, Observer())
     assert all(r.status in ("diverged", "completed") for r in results)
     assert any(r.status == "diverged" for r in results)
@@ -227,7 +225,7 @@ def test_batched_training_with_cuda_graphs_matches_eager_batched_training():
     configs = [
         config(seed, step_grad_norms=True, batchnorm=True).model_copy(update={"device": "cuda"}) for seed in (1, 2, 3)
     ]
-    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+    graphed = [with_section(c, "train", cuda_graphs=True) for c in configs]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
     eager = train_batched(configs, data, device, Observer())
     captured = train_batched(graphed, data, device, Observer())
@@ -248,7 +246,7 @@ def test_dropout_runs_captured_as_cuda_graphs_draw_the_masks_eager_steps_draw(se
     numbers up to float rounding, where other masks would move the losses by far more."""
     device = torch.device("cuda")
     configs = [config(seed, dropout=0.5, activation="tanh").model_copy(update={"device": "cuda"}) for seed in seeds]
-    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+    graphed = [with_section(c, "train", cuda_graphs=True) for c in configs]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
     engine = SequentialEngine() if len(seeds) == 1 else BatchedEngine()
     eager = engine.run(configs, data, device, Observer())

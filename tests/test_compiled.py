@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sets
+from conftest import sets, with_section
 from test_batched import assert_same_training, config
 
 from dl_lab.cli.app import app
@@ -19,10 +19,6 @@ from dl_lab.training.engine import Observer, train
 from dl_lab.training.stack import train_batched
 
 CPU = torch.device("cpu")
-
-
-def compiling(base):
-    return base.model_copy(update={"train": base.train.model_copy(update={"compile": True})})
 
 
 def compiled_graphs() -> int:
@@ -49,7 +45,7 @@ def test_a_compiled_step_trains_what_the_eager_step_trains(stacked):
 
     eager = run(configs)
     before = compiled_graphs()
-    fused = run([compiling(c) for c in configs])
+    fused = run([with_section(c, "train", compile=True) for c in configs])
     assert compiled_graphs() > before  # the step really went through torch.compile
     assert [r.status for r in fused] == ["completed"] * len(configs), fused[0].error
     for one, other in zip(eager, fused, strict=True):
@@ -61,7 +57,10 @@ def test_every_unit_of_a_long_comparison_trains_compiled_past_the_compilers_reco
     of a process would quietly train uncompiled (its recompile limit is 8)."""
     import torch._dynamo
 
-    configs = [compiling(config(seed, hidden=[16])) for seed in range(torch._dynamo.config.recompile_limit + 2)]
+    configs = [
+        with_section(config(seed, hidden=[16]), "train", compile=True)
+        for seed in range(torch._dynamo.config.recompile_limit + 2)
+    ]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), CPU)
     for run in configs:
         before = compiled_graphs()
@@ -97,14 +96,14 @@ def test_a_compiled_step_captured_as_a_cuda_graph_trains_what_the_eager_step_tra
     seeds = (1, 2, 3) if stacked else (1,)
     configs = [config(seed, batchnorm=True, dropout=0.2).model_copy(update={"device": "cuda"}) for seed in seeds]
     data = load_dataset(configs[0].data, DataRoot(Path("/x"), "t"), device)
-    graphed = [c.model_copy(update={"train": c.train.model_copy(update={"cuda_graphs": True})}) for c in configs]
+    graphed = [with_section(c, "train", cuda_graphs=True) for c in configs]
 
     def run(configs):
         if stacked:
             return train_batched(configs, data, device, Observer())
         return [train(configs[0], data, device, Observer())]
 
-    eager, fused = run(graphed), run([compiling(c) for c in graphed])
+    eager, fused = run(graphed), run([with_section(c, "train", compile=True) for c in graphed])
     assert [r.status for r in fused] == ["completed"] * len(configs), fused[0].error
     for one, other in zip(eager, fused, strict=True):
         for a, b in zip(one.history, other.history, strict=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, needs_mnist, sets
+from conftest import FAST, needs_mnist, sets, with_section
 
 from dl_lab.cli.app import app
 from dl_lab.components.datasets import DataRoot, Split, load_dataset
@@ -80,7 +80,7 @@ def test_saturated_sigmoid_units_are_counted():
 def test_diagnostics_do_not_change_what_is_trained_and_land_in_the_metrics():
     config, data = synthetic(model={"dropout": 0.3, "batchnorm": True}, train={"epochs": 2})
     off, on, steps = [
-        train(config.model_copy(update={"train": config.train.model_copy(update=setting)}), data, CPU, Observer())
+        train(with_section(config, "train", **setting), data, CPU, Observer())
         for setting in ({"diagnostics": False}, {"diagnostics": True}, {"step_grad_norms": True})
     ]
     strip = lambda r: [(m.train_loss, m.test_loss, m.test_acc) for m in r.history]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import with_section
 
 from dl_lab.components.datasets import DataRoot, load_dataset
 from dl_lab.components.model import build_mlp
@@ -170,7 +171,7 @@ def test_cuda_graphs_train_the_same_model_as_eager_steps(optimizer):
     config = make_config(device="cuda", optimizer=optimizer, model={"batchnorm": True}, train={"step_grad_norms": True})
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path("/x"), "t"), device)
     eager = train(config, data, device, Quiet())
-    graphed_config = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graphs": True})})
+    graphed_config = with_section(config, "train", cuda_graphs=True)
     graphed = train(graphed_config, data, device, Quiet())
     assert graphed.status == "completed", graphed.error
     for a, b in zip(eager.history, graphed.history, strict=True):
