@@ -3,6 +3,7 @@ when every checksum holds; anything else is decoded again and the cache file rep
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -266,3 +267,124 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_writer_once_an_hour_o
     assert load(tmp_path).test.y.tolist() == [3] * 20
     assert not old.exists() and young.exists() and other.exists()
     assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, young.name, other.name])
+
+
+# `dllab cache ls|clear`
+
+
+def cache_cli(runner, *args: str) -> tuple[int, str, str]:
+    from dl_lab.cli.app import app
+
+    result = runner.invoke(app, ["cache", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cache_ls_and_clear_see_and_remove_only_dl_labs_own_files(tmp_path, cache, runner, monkeypatch):
+    small_mnist(tmp_path / "a")
+    raw_b = small_mnist(tmp_path / "b")
+    kept_data = load(tmp_path / "a")
+    entry_a = cache_file(cache)
+    load(tmp_path / "b")
+    (entry_b,) = set(cache.iterdir()) - {entry_a}
+    write_idx(raw_b / "t10k-labels-idx1-ubyte", torch.full((20,), 3))  # b's entry is stale now
+    old, young = cache / f".{entry_a.name}.killed.tmp", cache / f".{entry_a.name}.writing.tmp"
+    old.write_bytes(tensor_cache.MAGIC + b"partial")
+    young.write_bytes(b"")  # just created by mkstemp, nothing written yet
+    hours_ago = time.time() - 2 * tensor_cache.ABANDONED_AFTER
+    os.utime(old, (hours_ago, hours_ago))
+    outside = tmp_path / "elsewhere.tensors"
+    outside.write_bytes(entry_a.read_bytes()[:4096])
+    not_ours = {
+        "notes.txt": b"mine",
+        "mine-0123456789abcdef.tensors": b"a user's file that happens to have such a name",
+        f".{entry_a.name}.someone.tmp": b"not begun by a cache writer",
+    }
+    for name, content in not_ours.items():
+        (cache / name).write_bytes(content)
+    (cache / "linked-0123456789abcdef.tensors").symlink_to(outside)
+    (cache / "folder-0123456789abcdef.tensors").mkdir()
+    left_alone = set(not_ours) | {"linked-0123456789abcdef.tensors", "folder-0123456789abcdef.tensors"}
+
+    code, out, _ = cache_cli(runner, "ls", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    states = {item["file"]: item["state"] for item in listed["files"]}
+    assert states == {
+        entry_a.name: "current",
+        entry_b.name: "stale: a source file changed since",
+        old.name: "unfinished",
+        young.name: "unfinished",
+    }
+    assert listed["folder"] == str(cache) and listed["bytes"] == sum((cache / name).stat().st_size for name in states)
+    [listed_a] = [item for item in listed["files"] if item["file"] == entry_a.name]
+    assert listed_a["dataset"] == "MNIST" and listed_a["kind"] == "entry"
+    assert listed_a["sources"][0] == str((tmp_path / "a" / "MNIST" / "raw" / "train-images-idx3-ubyte").resolve())
+    code, out, _ = cache_cli(runner, "ls")
+    assert code == 0 and f"{entry_b.name}  stale: a source file changed since" in out
+    assert out.strip().endswith(f"4 files, {listed['bytes'] / 1e6:.1f} MB in {cache}")
+
+    code, out, _ = cache_cli(runner, "clear", "--stale", "--json")
+    cleared = json.loads(out)
+    assert code == 0 and sorted(cleared["removed"]) == sorted([entry_b.name, old.name])
+    assert sorted(cleared["kept"]) == sorted([entry_a.name, young.name]) and cleared["failed"] == []
+    assert {p.name for p in cache.iterdir()} == left_alone | {entry_a.name, young.name}
+
+    code, out, _ = cache_cli(runner, "clear")
+    assert code == 0 and f"removed {entry_a.name}" in out and "freed" in out
+    assert {p.name for p in cache.iterdir()} == left_alone and outside.stat().st_size == 4096
+    assert_same(kept_data, fresh(tmp_path / "a", monkeypatch))  # a mapped entry outlives its file
+    load(tmp_path / "a")
+    assert entry_a.exists(), "the next load writes the cache again"
+
+
+def test_cache_commands_with_the_cache_off_missing_or_not_a_folder(tmp_path, runner, monkeypatch):
+    monkeypatch.setenv("DLLAB_CACHE_DIR", "off")
+    for args in (["ls"], ["clear"]):
+        code, out, _ = cache_cli(runner, *args)
+        assert code == 0 and out.strip() == "the dataset cache is off ($DLLAB_CACHE_DIR=off)"
+    assert json.loads(cache_cli(runner, "ls", "--json")[1]) == {"folder": None, "bytes": 0, "files": []}
+    missing = tmp_path / "never-made"
+    monkeypatch.setenv("DLLAB_CACHE_DIR", str(missing))
+    assert cache_cli(runner, "ls")[:2] == (0, f"0 files, 0.0 MB in {missing}\n")
+    assert cache_cli(runner, "clear")[:2] == (0, f"freed 0.0 MB in {missing}\n")
+    assert not missing.exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    monkeypatch.setenv("DLLAB_CACHE_DIR", str(a_file))
+    code, out, err = cache_cli(runner, "clear")
+    assert code == 2 and out == "" and a_file.read_text() == "x"
+    assert err.startswith(f"error: $DLLAB_CACHE_DIR: {a_file} is not a folder;") and "Traceback" not in err
+
+
+def test_cache_clear_reports_a_file_it_could_not_remove_and_exits_1(tmp_path, cache, runner, monkeypatch):
+    small_mnist(tmp_path)
+    load(tmp_path)
+    entry = cache_file(cache)
+    refused = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name == entry.name:
+            raise PermissionError(13, "Permission denied", str(path))
+        refused(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    code, out, err = cache_cli(runner, "clear")
+    assert code == 1 and entry.exists()
+    assert f"error: could not remove {entry}: Permission denied" in err and "freed 0.0 MB" in out
+
+
+def test_cache_commands_do_not_import_torch(tmp_path):
+    code = (
+        "import sys\nfrom dl_lab.cli.app import app\n"
+        "for args in (['cache', 'ls'], ['cache', 'clear', '--stale']):\n"
+        "    try:\n        app(args)\n    except SystemExit as done:\n        assert done.code in (0, None), done.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    environ = {**child_env(), "DLLAB_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"0 files, 0.0 MB in {tmp_path}",
+        f"freed 0.0 MB in {tmp_path}; kept 0 current",
+        "NO-TORCH",
+    ]

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from dl_lab.cli import compare, config, export, report, runs, train
+from dl_lab.cli import cache, compare, config, export, report, runs, train
 from dl_lab.cli.common import user_errors
 from dl_lab.signals import HANDLED
 
@@ -49,6 +49,10 @@ runs_app.command("diff")(user_errors()(runs.runs_diff))
 export_app = typer.Typer(help="Write past runs in other tools' formats (TensorBoard).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 export_app.command("tensorboard")(user_errors()(export.export_tensorboard))
+cache_app = typer.Typer(help="The decoded-dataset cache ($DLLAB_CACHE_DIR): list, clear.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+cache_app.command("ls")(user_errors()(cache.cache_ls))
+cache_app.command("clear")(user_errors()(cache.cache_clear))
 
 
 def main() -> None:

@@ -18,6 +18,10 @@ entry removes it once it is an hour old.
 
 Layout: ``DLLABTC1`` | header length (u32 LE) | header CRC-32 (u32 LE) | header JSON | arrays, each at
 an offset aligned to 4096 bytes.
+
+``survey`` and ``clear`` (``dllab cache ls|clear``) look only at what this module writes: files named
+``<dataset>-<16 hex>.tensors`` that begin with ``DLLABTC1``, and their temporaries; anything else in
+the folder is left alone.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ import json
 import math
 import mmap
 import os
+import re
+import stat
 import struct
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +57,8 @@ ABANDONED_AFTER = 3600.0  # seconds: a temporary this old belongs to a writer th
 CRC_CHUNK = 1 << 24  # checksummed in 16 MiB pieces, in parallel
 # Bump when what is cached changes (dtype, scaling, shape), so older cache files are not served.
 DECODING = "idx uint8 images -> float32 /255, (N, H*W); labels int64; v1"
+ENTRY_NAME = re.compile(r"(?P<dataset>.+)-[0-9a-f]{16}\.tensors")  # entry_path's names
+TEMPORARY_NAME = re.compile(r"\.(?P<entry>.+-[0-9a-f]{16}\.tensors)\.[^./]+\.tmp")  # atomic_path's, beside them
 
 
 def cache_dir(environ: Mapping[str, str]) -> Path | None:
@@ -205,3 +214,148 @@ def remove_abandoned_temporaries(path: Path) -> None:
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
             if now - temporary.stat().st_mtime > ABANDONED_AFTER:
                 temporary.unlink()
+
+
+@dataclass(frozen=True)
+class CacheFile:
+    """One file of the cache folder as ``dllab cache ls`` shows it."""
+
+    name: str
+    bytes: int
+    modified: float  # seconds since the epoch
+    kind: str  # "entry" or "temporary" (a writer's, unfinished)
+    state: str  # entry: "current", "stale: ..." (never served again), "damaged"; temporary: "unfinished"
+    dataset: str | None = None
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def current(self) -> bool:
+        return self.state == "current"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.name,
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "bytes": self.bytes,
+            "modified": self.modified,
+            "state": self.state,
+            "sources": self.sources,
+        }
+
+
+def _ours(path: Path) -> os.stat_result | None:
+    """The stat of ``path`` if it is a regular file this module wrote (its name, and its magic or, for a
+    temporary created a moment ago, nothing yet), else None: never a link, a folder or a user's file."""
+    entry, temporary = ENTRY_NAME.fullmatch(path.name), TEMPORARY_NAME.fullmatch(path.name)
+    if not (entry or (temporary and ENTRY_NAME.fullmatch(temporary["entry"]))):
+        return None
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        with open(path, "rb") as handle:
+            start = handle.read(len(MAGIC))
+    except OSError:
+        return None
+    return info if start == MAGIC or (temporary and not start) else None
+
+
+def _header(path: Path) -> dict[str, Any] | None:
+    """The header of a cache file, if it is whole (magic, length, CRC-32); the arrays are not read."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(PREFIX.size)
+            magic, length, crc = PREFIX.unpack(prefix)
+            header = handle.read(length)
+        if magic != MAGIC or len(header) != length or zlib.crc32(header) != crc:
+            return None
+        parsed = json.loads(header)
+        return parsed if isinstance(parsed, dict) else None
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _entry_state(header: dict[str, Any] | None) -> str:
+    """Whether the next load of this entry's dataset would serve it (its arrays' checksums aside)."""
+    if header is None or not isinstance(header.get("sources"), list):
+        return "damaged"
+    if header.get("decoding") != DECODING:
+        return "stale: decoded by another version of dl_lab"
+    try:
+        paths = [Path(source["path"]) for source in header["sources"]]
+    except (TypeError, KeyError):
+        return "damaged"
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        return f"stale: source file gone ({missing[0]})"
+    try:
+        same = source_identity(paths) == header["sources"]
+    except OSError as exc:
+        return f"stale: source file unreadable ({exc.strerror})"
+    return "current" if same else "stale: a source file changed since"
+
+
+def _files(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """The files of ``folder`` that this module wrote, by name."""
+    try:
+        children = sorted(folder.iterdir())
+    except FileNotFoundError:
+        return
+    for path in children:
+        info = _ours(path)
+        if info is not None:
+            yield path, info
+
+
+def survey(folder: Path) -> list[CacheFile]:
+    """Every entry and temporary in the cache ``folder``, with its size and whether it is current."""
+    found = []
+    for path, info in _files(folder):
+        entry = ENTRY_NAME.fullmatch(path.name)
+        if entry is None:
+            found.append(CacheFile(path.name, info.st_size, info.st_mtime, "temporary", "unfinished"))
+            continue
+        header = _header(path)
+        sources = header.get("sources") if header else None
+        shown = [str(s.get("path")) for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
+        found.append(
+            CacheFile(path.name, info.st_size, info.st_mtime, "entry", _entry_state(header), entry["dataset"], shown)
+        )
+    return found
+
+
+@dataclass
+class Cleared:
+    """What ``clear`` did: files removed (with their sizes), kept, and those it could not remove."""
+
+    removed: list[CacheFile] = field(default_factory=list)
+    kept: list[CacheFile] = field(default_factory=list)
+    failed: list[tuple[CacheFile, str]] = field(default_factory=list)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(item.bytes for item in self.removed)
+
+
+def clear(folder: Path, stale_only: bool = False) -> Cleared:
+    """Remove this module's files from ``folder``: every entry and temporary, or with ``stale_only``
+    the entries that would not be served again (stale, damaged) and temporaries abandoned
+    ABANDONED_AFTER seconds ago. A process that has an entry mapped keeps reading it (the OS keeps
+    its pages until it lets go); one writing a removed temporary just does not leave a cache entry."""
+    done = Cleared()
+    now = time.time()
+    for item in survey(folder):
+        abandoned = item.kind == "temporary" and now - item.modified > ABANDONED_AFTER
+        if stale_only and (item.current or (item.kind == "temporary" and not abandoned)):
+            done.kept.append(item)
+            continue
+        try:
+            (folder / item.name).unlink()
+        except FileNotFoundError:  # another process removed or replaced it first
+            continue
+        except OSError as exc:
+            done.failed.append((item, exc.strerror or str(exc)))
+            continue
+        done.removed.append(item)
+    return done
