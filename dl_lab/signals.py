@@ -47,23 +47,33 @@ class Interrupted(KeyboardInterrupt):
 IMPORT_RETRY_SECONDS = 0.05  # how soon a signal held during an import is tried again
 IMPORT_PATIENCE_SECONDS = 10.0  # an import that takes longer (a hung file system) is interrupted all the same
 
-_state: dict[str, Any] = {"received": None, "depth": 0, "pending": None, "redelivering": False, "held_since": None}
+_state: dict[str, Any] = {
+    "received": None,
+    "depth": 0,
+    "pending": None,
+    "redelivering": False,
+    "held_since": None,
+    "unanswered": None,  # a signal held (import, unraisable hook) and sent again, not raised yet
+}
 
 
 def _handler(signum: int, frame: Any) -> None:
     _state["received"] = signum
     if _state["redelivering"]:
+        _state["unanswered"] = signum
         _send_later(signum)
         return
     if _state["depth"]:
         _state["pending"] = _state["pending"] or signum
+        _state["unanswered"] = None  # deferred() raises it
         return
     if _importing(frame):
         held_since = _state["held_since"] = _state["held_since"] or time.monotonic()
         if time.monotonic() - held_since < IMPORT_PATIENCE_SECONDS:
+            _state["unanswered"] = signum
             _send_later(signum, IMPORT_RETRY_SECONDS)
             return
-    _state["held_since"] = None
+    _state["held_since"] = _state["unanswered"] = None
     raise Interrupted(signum)
 
 
@@ -84,6 +94,7 @@ def redeliver(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
         return
     _state["redelivering"] = True  # a handler running inside this hook would be lost too: it sends later
+    _state["unanswered"] = getattr(unraisable.exc_value, "signum", signal.SIGINT)
     try:
         _send_later(getattr(unraisable.exc_value, "signum", signal.SIGINT))
     finally:
@@ -117,12 +128,18 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _state.update(
-        received=None, depth=0, pending=None, redelivering=False, held_since=None
+        received=None, depth=0, pending=None, redelivering=False, held_since=None, unanswered=None
     )  # one command per install (tests run several in a process)
     sys.unraisablehook = redeliver
     for signum in HANDLED:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _handler)
+
+
+def unanswered() -> int | None:
+    """A signal that was held (it landed in an import or where Python could not raise it) and is due
+    again, but has not been raised yet: a process ending now still owes its exit code."""
+    return _state["unanswered"]
 
 
 def exit_code(default: int = signal.SIGINT) -> int:

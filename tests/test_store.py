@@ -343,3 +343,26 @@ def test_an_interrupt_as_a_temporary_is_created_never_leaves_it_behind(
         with temporary_beside(tmp_path / "table.md", folder=folder):
             pytest.fail("the block must not run: the interrupt came first")
     assert made and list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_held_in_the_last_import_still_sets_the_exit_code(tmp_path):
+    """A signal that lands in an import is sent again IMPORT_RETRY_SECONDS later; a command that ends
+    before then must not exit 0 as if it had never been told to stop (it used to)."""
+    (tmp_path / "quick_module.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from dl_lab import signals
+        from dl_lab.cli.app import exit_now
+
+        sys.path.insert(0, {str(tmp_path)!r})
+        signals.install()
+        signals.IMPORT_RETRY_SECONDS = 30.0  # the retry would come long after the exit
+        import quick_module  # the command's last import, then its work is done
+        print("done", signals.unanswered())
+        exit_now(0)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["done", str(int(signal.SIGTERM))] and done.stderr == ""
+    assert done.returncode == 143

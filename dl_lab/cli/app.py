@@ -89,7 +89,10 @@ def exit_now(code: int | str | None) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # PipeSafe: a reader that went away is not an error
-    os._exit(0 if code is None else code)
+    from dl_lab import signals
+
+    owed = signals.unanswered()  # held during a last import, its retry not yet due: it still ends the process
+    os._exit(128 + owed if owed else 0 if code is None else code)
 
 
 def _exit_at_once(signum: int, frame: object) -> None:
