@@ -388,3 +388,16 @@ def test_cache_commands_do_not_import_torch(tmp_path):
         f"freed 0.0 MB in {tmp_path}; kept 0 current",
         "NO-TORCH",
     ]
+
+
+def test_a_cache_folder_that_cannot_be_read_is_reported_not_a_traceback(tmp_path, cache, runner, monkeypatch):
+    cache.mkdir()
+
+    def refuse(self: Path):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    for args in (["ls"], ["clear"]):
+        code, out, err = cache_cli(runner, *args)
+        assert code == 2 and out == "", args
+        assert err.startswith(f"error: $DLLAB_CACHE_DIR: cannot read the cache folder {cache} (Permission denied);")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +32,21 @@ def _folder() -> Path | None:
     return folder
 
 
+@contextlib.contextmanager
+def _readable(folder: Path) -> Iterator[None]:
+    """A cache folder that cannot be listed (permissions, I/O) is reported as the variable's fault: exit 2."""
+    from dl_lab.components import tensor_cache
+    from dl_lab.errors import ConfigError
+
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"${tensor_cache.ENV_CACHE_DIR}: cannot read the cache folder {folder} ({exc.strerror or exc}); "
+            f"point it at a folder you can read, or set it to '{tensor_cache.OFF}'"
+        ) from None
+
+
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
 
@@ -45,7 +62,10 @@ def cache_ls(json_: CacheJsonOption = False) -> None:
     from dl_lab.components import tensor_cache
 
     folder = _folder()
-    files = tensor_cache.survey(folder) if folder is not None else []
+    files = []
+    if folder is not None:
+        with _readable(folder):
+            files = tensor_cache.survey(folder)
     total = sum(item.bytes for item in files)
     if json_:
         document = {"folder": str(folder) if folder else None, "bytes": total, "files": [f.as_dict() for f in files]}
@@ -82,7 +102,10 @@ def cache_clear(
     from dl_lab.components import tensor_cache
 
     folder = _folder()
-    done = tensor_cache.clear(folder, stale_only=stale) if folder is not None else tensor_cache.Cleared()
+    done = tensor_cache.Cleared()
+    if folder is not None:
+        with _readable(folder):
+            done = tensor_cache.clear(folder, stale_only=stale)
     if json_:
         document = {
             "folder": str(folder) if folder else None,
