@@ -28,7 +28,7 @@ from torch import nn
 from dl_lab.components.datasets import Dataset, Split
 from dl_lab.components.model import build_mlp, linear_layers, parameter_count
 from dl_lab.components.optimizers import OPTIMIZERS
-from dl_lab.components.plain_optim import plain_step
+from dl_lab.components.plain_optim import plain_step, plain_zero_grad
 from dl_lab.components.pretraining import PretrainingDiverged, pretrain_rbm
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
@@ -413,9 +413,10 @@ def train_epoch(
     correct = torch.zeros(count, device=device)
     norms = None
     seen = 0
+    zero_grad = plain_zero_grad(optimizer)
     for step in range(plan.steps):
         index = permutations[:, step * plan.batch_size : (step + 1) * plan.batch_size]
-        optimizer.zero_grad(set_to_none=True)
+        zero_grad()
         out = body(index.reshape(-1))
         losses[step] = out.loss
         if out.grad_norm is not None:
