@@ -213,7 +213,7 @@ def test_the_plain_optimizer_step_makes_exactly_torchs_updates(name, options):
     assert optimizers["torch"].state_dict()["state"].keys() == optimizers["plain"].state_dict()["state"].keys()
 
 
-def _adam_twins(monkeypatch, **options):
+def _adam_twins(monkeypatch, device: str = "cpu", **options):
     """Two identical tanh regressions with torch.optim.Adam(**options): one stepped by torch, one by
     plain_step; and a count of the calls plain_step left to Adam.step (torch.optim.adam.adam)."""
     from torch.optim import adam
@@ -221,7 +221,7 @@ def _adam_twins(monkeypatch, **options):
     from dl_lab.components.plain_optim import plain_step
 
     start = [torch.randn(20, 7, generator=torch.Generator().manual_seed(1)), torch.randn(7)]
-    params = {kind: [p.clone().requires_grad_() for p in start] for kind in ("torch", "plain")}
+    params = {kind: [p.clone().to(device).requires_grad_() for p in start] for kind in ("torch", "plain")}
     optimizers = {kind: torch.optim.Adam(params[kind], **options) for kind in params}
     through_adam_step: list[int] = []
     original = adam.adam
@@ -232,7 +232,7 @@ def _adam_twins(monkeypatch, **options):
 
     monkeypatch.setattr(adam, "adam", counting)
     plain = plain_step(optimizers["plain"])
-    x = torch.randn(32, 20, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(32, 20, generator=torch.Generator().manual_seed(2)).to(device)
 
     def step(kind: str, without_grad: int | None = None) -> None:
         optimizers[kind].zero_grad(set_to_none=True)
@@ -256,10 +256,16 @@ def _adam_twins(monkeypatch, **options):
     ],
     ids=["adam", "weight decay, maximize, betas", "adamw", "amsgrad", "tensor lr", "unfused"],
 )
-def test_fused_adam_called_directly_makes_exactly_adam_steps_updates(monkeypatch, options, direct):
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_fused_adam_called_directly_makes_exactly_adam_steps_updates(monkeypatch, options, direct, device):
     """plain_step calls the fused Adam kernel itself (0.1 ms less per CPU step) where that gives Adam.step's
     numbers bit for bit, and leaves every other case to Adam.step."""
-    params, optimizers, step, through_adam_step = _adam_twins(monkeypatch, **options)
+    if device == "cuda" and isinstance(options["lr"], torch.Tensor):
+        options = {**options, "lr": options["lr"].to(device)}
+    params, optimizers, step, through_adam_step = _adam_twins(monkeypatch, device, **options)
     for number in range(6):
         if number == 3:
             for optimizer in optimizers.values():
