@@ -27,8 +27,9 @@ without its profiling and dispatch wrappers.
 dl_lab compiles only with train.compile (training/compiled.py), and then only the training step:
 TorchDynamo traces the unwrapped ``step`` (or the direct fused call) inside it, and none of the four
 methods above is called there. All of this relies on torch internals; where torch's layout differs
-they change nothing (the import is paid as before; a torch without the fused kernels takes ``step``). tests/test_engine.py checks that the updates are identical and that a run loads no
-torch._dynamo; tests/test_compiled.py that compiled steps train what eager ones do.
+they change nothing (the import is paid as before; a torch without the fused kernels takes ``step``).
+tests/test_engine.py checks that the updates are identical and that a run loads no torch._dynamo;
+tests/test_compiled.py that compiled steps train what eager ones do.
 """
 
 from __future__ import annotations
