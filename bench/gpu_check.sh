@@ -2,8 +2,12 @@
 # Checks to run on a lent CUDA machine, as one script (see DEVELOPERS.md and docs/performance.md).
 # Expects, in the checkout: .whl/ (wheels the machine lacks: pydantic, typer, rich ... for its Python)
 # and .device-data/mnist-gz/ (a copy of ../shared/data/mnist-gz). Writes logs under $OUT.
+# Ordered by what matters most if the device's time runs out: the CUDA-only tests and issue 14's
+# measurements first, then the whole suite and the older checks. Everything printed is also appended
+# to $OUT/gpu_check.log as it happens, so a run cut off by its time limit still brings back its log.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
@@ -15,10 +19,44 @@ export DLLAB_DATA_DIR=$PWD/.device-data PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-echo "== test suite (CUDA present; the slow fault-injection runs are CPU-only and left to CI) =="
-python3 -m pytest -q -m "not slow" -p no:cacheprovider 2>&1 | tail -8
 echo "== the CUDA-only tests, by name =="
 python3 -m pytest -q -k cuda -rA -p no:cacheprovider 2>&1 | grep -E "PASSED|FAILED|SKIPPED|passed|failed"
+
+echo "== issue 14: the 15-epoch relu preset with CUDA graphs (target: 1.0 s of training) =="
+python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --json --runs-dir /tmp/runs 2>/dev/null \
+  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
+
+echo "== issue 14: the 15-epoch 2 x 5 grid, captured (target: 2.0 s) =="
+python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --repeats 1 2>&1 | tee "$OUT/grid15_cuda.txt"
+
+echo "== issue 14: a comparison with dropout, captured and eager: the same table? =="
+D="compare relu sigmoid --seeds 3 --set train.epochs=2 --set model.dropout=0.3 --device cuda"
+python3 -m dl_lab $D --runs-dir /tmp/drop-eager >/dev/null 2>&1; echo "eager rc=$?"
+python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/dev/null 2>&1; echo "captured rc=$?"
+python3 - <<'PY'
+import csv, glob
+for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-*/table.csv")[0])) for k in ("eager", "graph"))):
+    print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} test_loss {r['test_loss_mean']}" for r in variant_rows))
+PY
+
+echo "== issue 14: the 15-epoch relu preset, compiled (train.compile) and captured: seconds with and without the first epoch =="
+python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --set train.compile=true --json --runs-dir /tmp/runs-compiled 2>"$OUT/relu15_compiled.log" \
+  | python3 -c "
+import csv, json, sys
+s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error'))
+epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
+rest = epochs[1:]
+print('first epoch (compiling)', round(epochs[0], 2), f'the other {len(rest)}:', round(sum(rest), 2), f'-> {len(epochs)} epochs at that rate', round(sum(rest) * len(epochs) / max(len(rest), 1), 2))"
+tail -2 "$OUT/relu15_compiled.log"
+
+echo "== issue 14: the 15-epoch 2 x 5 grid, captured, eager steps against compiled ones (median of 3 leaves compiling out) =="
+python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --compile --repeats 3 2>&1 | tee "$OUT/grid15_cuda_compiled.txt"
+
+echo "== bench: classic loop vs dllab vs bare loop vs dllab compiled, cuda =="
+python3 bench/epoch_speed.py --device cuda --epochs 3 --compile 2>&1 | tee "$OUT/bench_cuda.txt"
+
+echo "== test suite (CUDA present; the slow fault-injection runs are CPU-only and left to CI) =="
+python3 -m pytest -q -m "not slow" -p no:cacheprovider 2>&1 | tail -8
 
 echo "== lab relu preset, 15 epochs, cuda =="
 python3 -m dl_lab train --config configs/relu.yaml --set device=cuda --json --runs-dir /tmp/runs > "$OUT/relu15.json" 2> "$OUT/relu15.log"
@@ -66,39 +104,6 @@ python3 -m dl_lab train --config relu --set device=cuda --set optimizer.name=sgd
 echo "== rbm preset, short, cuda =="
 python3 -m dl_lab train --config lab09/rbm --set device=cuda --set train.epochs=2 --set model.rbm.epochs=2 --json --runs-dir /tmp/runs 2>/dev/null \
   | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'rbm errors', s['pretraining']['reconstruction_error'])"
-
-echo "== issue 14: the 15-epoch relu preset with CUDA graphs (target: 1.0 s of training) =="
-python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --json --runs-dir /tmp/runs 2>/dev/null \
-  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
-
-echo "== issue 14: the 15-epoch 2 x 5 grid, captured (target: 2.0 s) =="
-python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --repeats 1 2>&1 | tee "$OUT/grid15_cuda.txt"
-
-echo "== issue 14: a comparison with dropout, captured and eager: the same table? =="
-D="compare relu sigmoid --seeds 3 --set train.epochs=2 --set model.dropout=0.3 --device cuda"
-python3 -m dl_lab $D --runs-dir /tmp/drop-eager >/dev/null 2>&1; echo "eager rc=$?"
-python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/dev/null 2>&1; echo "captured rc=$?"
-python3 - <<'PY'
-import csv, glob
-for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-*/table.csv")[0])) for k in ("eager", "graph"))):
-    print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} test_loss {r['test_loss_mean']}" for r in variant_rows))
-PY
-
-echo "== issue 14: the 15-epoch relu preset, compiled (train.compile) and captured: seconds with and without the first epoch =="
-python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --set train.compile=true --json --runs-dir /tmp/runs-compiled 2>"$OUT/relu15_compiled.log" \
-  | python3 -c "
-import csv, json, sys
-s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error'))
-epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
-rest = epochs[1:]
-print('first epoch (compiling)', round(epochs[0], 2), f'the other {len(rest)}:', round(sum(rest), 2), f'-> {len(epochs)} epochs at that rate', round(sum(rest) * len(epochs) / max(len(rest), 1), 2))"
-tail -2 "$OUT/relu15_compiled.log"
-
-echo "== issue 14: the 15-epoch 2 x 5 grid, captured, eager steps against compiled ones (median of 3 leaves compiling out) =="
-python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --compile --repeats 3 2>&1 | tee "$OUT/grid15_cuda_compiled.txt"
-
-echo "== bench: classic loop vs dllab vs bare loop vs dllab compiled, cuda =="
-python3 bench/epoch_speed.py --device cuda --epochs 3 --compile 2>&1 | tee "$OUT/bench_cuda.txt"
 
 echo "== bench: diagnostics overhead, cuda =="
 python3 bench/diagnostics_overhead.py --device cuda --repeats 3 2>&1 | tee "$OUT/diag_cuda.txt"
