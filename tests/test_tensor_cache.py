@@ -385,7 +385,7 @@ def test_cache_commands_do_not_import_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"0 files, 0.0 MB in {tmp_path}",
-        f"freed 0.0 MB in {tmp_path}; kept 0 current",
+        f"freed 0.0 MB in {tmp_path}; kept 0 in use (current entries, temporaries under an hour old)",
         "NO-TORCH",
     ]
 

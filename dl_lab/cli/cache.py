@@ -122,7 +122,7 @@ def cache_clear(
             typer.echo(f"removed {item.name} ({_size(item.bytes)}, {item.state})")
         for item, error in done.failed:
             typer.echo(f"error: could not remove {folder / item.name}: {error}", err=True)
-        kept = f"; kept {len(done.kept)} current" if stale else ""
+        kept = f"; kept {len(done.kept)} in use (current entries, temporaries under an hour old)" if stale else ""
         typer.echo(f"freed {_size(done.bytes_freed)} in {folder}{kept}")
     if done.failed:
         raise typer.Exit(EXIT_FAILED)

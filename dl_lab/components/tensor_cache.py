@@ -146,6 +146,20 @@ def write_entry(path: Path, arrays: Mapping[str, torch.Tensor], sources: list[di
         handle.truncate(start + entries[-1]["offset"] + entries[-1]["nbytes"] if entries else start)
 
 
+def parse_header(data: Any) -> tuple[int, dict[str, Any]] | None:
+    """(header length, header) of a cache file whose first bytes are ``data`` (bytes or an mmap), or
+    None unless the magic, the length and the header's CRC-32 hold and the header is a JSON object."""
+    try:
+        magic, length, crc = PREFIX.unpack_from(data, 0)
+        raw = data[PREFIX.size : PREFIX.size + length]
+        if magic != MAGIC or len(raw) != length or zlib.crc32(raw) != crc:
+            return None
+        header = json.loads(raw)
+    except (struct.error, ValueError):
+        return None
+    return (length, header) if isinstance(header, dict) else None
+
+
 def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
     """The arrays of a cache file, memory-mapped; None unless it is whole, unchanged and decoded from
     exactly ``sources`` by today's ``DECODING``."""
@@ -158,11 +172,10 @@ def read_entry(path: Path, sources: list[dict[str, Any]]) -> dict[str, torch.Ten
     except (OSError, ValueError):  # missing, unreadable, empty
         return None
     try:
-        magic, length, header_crc = PREFIX.unpack_from(mapped, 0)
-        header_bytes = mapped[PREFIX.size : PREFIX.size + length]
-        if magic != MAGIC or len(header_bytes) != length or zlib.crc32(header_bytes) != header_crc:
+        parsed = parse_header(mapped)
+        if parsed is None:
             return None
-        header = json.loads(header_bytes)
+        length, header = parsed
         if header.get("decoding") != DECODING or header.get("sources") != sources:
             return None
         first = data_start(length)
@@ -209,11 +222,16 @@ def remove_abandoned_temporaries(path: Path) -> None:
     """Delete this entry's temporaries (``.<name>.<random>.tmp``, 220 MB for MNIST) left by a writer
     that was killed (SIGKILL, power cut) more than ABANDONED_AFTER seconds ago; a younger one may
     belong to a writer still at work."""
-    now = time.time()
     for temporary in path.parent.glob(f".{path.name}.*.tmp"):
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
-            if now - temporary.stat().st_mtime > ABANDONED_AFTER:
+            if abandoned(temporary.stat().st_mtime):
                 temporary.unlink()
+
+
+def abandoned(modified: float) -> bool:
+    """Whether a temporary last written at ``modified`` (seconds since the epoch) belongs to a writer
+    that was killed: ABANDONED_AFTER seconds without a write."""
+    return time.time() - modified > ABANDONED_AFTER
 
 
 @dataclass(frozen=True)
@@ -262,18 +280,15 @@ def _ours(path: Path) -> os.stat_result | None:
 
 
 def _header(path: Path) -> dict[str, Any] | None:
-    """The header of a cache file, if it is whole (magic, length, CRC-32); the arrays are not read."""
+    """The header of a cache file, if it is whole (parse_header); the arrays are not read."""
     try:
         with open(path, "rb") as handle:
             prefix = handle.read(PREFIX.size)
-            magic, length, crc = PREFIX.unpack(prefix)
-            header = handle.read(length)
-        if magic != MAGIC or len(header) != length or zlib.crc32(header) != crc:
-            return None
-        parsed = json.loads(header)
-        return parsed if isinstance(parsed, dict) else None
-    except (OSError, struct.error, ValueError):
+            length = PREFIX.unpack(prefix)[1] if len(prefix) == PREFIX.size else 0
+            parsed = parse_header(prefix + handle.read(length))
+    except OSError:
         return None
+    return parsed[1] if parsed else None
 
 
 def _entry_state(header: dict[str, Any] | None) -> str:
@@ -344,10 +359,8 @@ def clear(folder: Path, stale_only: bool = False) -> Cleared:
     ABANDONED_AFTER seconds ago. A process that has an entry mapped keeps reading it (the OS keeps
     its pages until it lets go); one writing a removed temporary just does not leave a cache entry."""
     done = Cleared()
-    now = time.time()
     for item in survey(folder):
-        abandoned = item.kind == "temporary" and now - item.modified > ABANDONED_AFTER
-        if stale_only and (item.current or (item.kind == "temporary" and not abandoned)):
+        if stale_only and (item.current or (item.kind == "temporary" and not abandoned(item.modified))):
             done.kept.append(item)
             continue
         try:
