@@ -430,3 +430,18 @@ def test_an_unknown_denormals_setting_is_refused_with_what_is_allowed():
 
     with pytest.raises(ConfigError, match=r"\$DLLAB_FLUSH_DENORMALS='yes please' is not a setting; allowed: auto"):
         flush_denormals(CPU, {"DLLAB_FLUSH_DENORMALS": "yes please"})
+
+
+def test_fused_adam_leaves_a_grad_scalers_steps_to_adam_step(monkeypatch):
+    """A grad scaler sets grad_scale and found_inf on the optimizer between steps; Adam.step reads them."""
+    params, optimizers, step, through_adam_step = _adam_twins(monkeypatch, lr=0.01, fused=True)
+    for kind in ("torch", "plain"):
+        step(kind)  # the first step initializes state
+    for optimizer in optimizers.values():
+        optimizer.grad_scale, optimizer.found_inf = torch.tensor(2.0), torch.tensor(0.0)
+    calls = len(through_adam_step)
+    step("torch")
+    step("plain")
+    assert len(through_adam_step) - calls == 2
+    for a, b in zip(params["torch"], params["plain"]):
+        assert torch.equal(a, b)

@@ -100,11 +100,11 @@ def _fused_adam_step(optimizer: torch.optim.Optimizer, step: Callable[..., objec
     kernels = {False: getattr(torch, "_fused_adam_", None), True: getattr(torch, "_fused_adamw_", None)}
     if not isinstance(optimizer, adam) or step is not inspect.unwrap(adam.step) or None in kernels.values():
         return None
-    if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
-        return None
     state = optimizer.state
 
     def call() -> bool:
+        if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
+            return False  # set by a grad scaler, and read by Adam.step at each call
         work = []
         for group in optimizer.param_groups:
             params, lr = group["params"], group["lr"]
