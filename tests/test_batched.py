@@ -68,10 +68,11 @@ def test_batched_training_matches_sequential_training_run_by_run(model):
 
 def assert_same_training(one, together) -> None:
     """Equal up to float rounding (bmm vs addmm sum in another order): losses to 1e-3 relative,
-    accuracies to one sample in a thousand (a test image on the decision boundary may flip)."""
+    accuracies to two samples in a thousand (test images on the decision boundary may flip: two did
+    between a stack's eager and compiled steps on an AMD EPYC)."""
     for a, b in zip(numbers(one), numbers(together), strict=True):
         assert (b[0], b[2]) == pytest.approx((a[0], a[2]), rel=1e-3)
-        assert (b[1], b[3]) == pytest.approx((a[1], a[3]), abs=1.5e-3)
+        assert (b[1], b[3]) == pytest.approx((a[1], a[3]), abs=2.5e-3)
     for a, b in zip(one.history, together.history, strict=True):  # gradients: rounding grows through backward
         assert b.diagnostics.grad_norm == pytest.approx(a.diagnostics.grad_norm, rel=1e-2)
         assert len(b.diagnostics.train_grad_norm) == len(a.diagnostics.train_grad_norm)
