@@ -71,11 +71,14 @@ def _cpu_and_data_env(monkeypatch, session_tensor_cache):
 
 
 @pytest.fixture(autouse=True)
-def _denormals_kept_after():
-    """A command flushes denormals process-wide (training/device.py): each test starts with them kept."""
+def _cpu_float_modes_reset_after():
+    """A command sets CPU float modes process-wide (training/device.py: denormals flushed, stacks'
+    matmuls through oneDNN): each test starts with denormals kept and a stack's matmuls left to MKL."""
     yield
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_flush_denormal(False)
+    if "dl_lab.training.device" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.set_flush_denormal(False)
+        sys.modules["dl_lab.training.device"].choose_stack_matmuls(torch.device("cpu"), {"DLLAB_ONEDNN_STACKS": "off"})
 
 
 def eventually(condition: Callable[[], object], seconds: float = 10.0) -> bool:

@@ -243,15 +243,16 @@ def test_executor_ray_without_ray_installed_is_a_usage_error_that_says_how_to_in
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS"])
 @pytest.mark.parametrize("command", [["train", "--config"], ["compare"]])
-def test_a_bad_denormals_setting_is_refused_before_anything_is_written(
-    runner, tmp_path, fast_config, monkeypatch, command
+def test_a_bad_process_setting_is_refused_before_anything_is_written(
+    runner, tmp_path, fast_config, monkeypatch, command, name
 ):
-    monkeypatch.setenv("DLLAB_FLUSH_DENORMALS", "sometimes")
+    monkeypatch.setenv(name, "sometimes")
     runs = tmp_path / "runs"
     args = [*command, str(fast_config)] if command[0] == "train" else [*command, "relu", *SYNTH]
     refused(
         runner.invoke(app, [*args, "--runs-dir", str(runs)]),
-        "$DLLAB_FLUSH_DENORMALS='sometimes' is not a setting; allowed: auto (default), on, off",
+        f"${name}='sometimes' is not a setting; allowed: auto (default), on, off",
         runs,
     )

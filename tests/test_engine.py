@@ -10,6 +10,7 @@ from dl_lab.components.datasets import DataRoot, load_dataset
 from dl_lab.components.model import build_mlp
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.errors import ConfigError
+from dl_lab.training.device import bf16_products
 from dl_lab.training.engine import BatchPlan, SequentialEngine, evaluate_model, train
 from dl_lab.training.events import Observer, Observers
 
@@ -375,8 +376,97 @@ def test_bf16_matmuls_train_to_the_fp32_result_within_noise_and_never_stack_with
     assert rounded.status == "completed"
     assert abs(rounded.final.test_acc - exact.final.test_acc) <= 0.02
     assert abs(rounded.final.train_loss - exact.final.train_loss) <= 0.05 * exact.final.train_loss
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CPU does bf16: the products were rounded
+    if bf16_products():  # oneDNN has a bf16 kernel for this CPU: the products were rounded
         assert rounded.final.train_loss != exact.final.train_loss
+
+
+def medium_matmul_error() -> float:
+    """The largest relative error of a 784-256 layer's product under precision "medium", against float64."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.rand(100, 784, generator=g), torch.randn(784, 256, generator=g)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        product = torch.mm(x, w)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    exact = x.double() @ w.double()
+    return ((product.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+def test_the_bf16_probe_says_what_a_medium_precision_matmul_does_on_this_cpu(monkeypatch):
+    from dl_lab.training import device as device_module
+
+    device_module.bf16_products.cache_clear()
+    torch.set_float32_matmul_precision("high")  # whatever was set before is set again after
+    try:
+        found = device_module.bf16_products()
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    error = medium_matmul_error()  # bf16's 8-bit mantissa: ~1e-3; float32: ~1e-7
+    assert found is (error > 1e-4), error
+    for name in ("mm", "bmm"):  # a kernel that rounds its operands to bf16 is found, in either form
+        real = getattr(torch, name)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, name, lambda a, b, real=real: real(a.bfloat16().float(), b.bfloat16().float()))
+            device_module.bf16_products.cache_clear()
+            assert device_module.bf16_products() is True, name
+    device_module.bf16_products.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "setting, vendor, bf16, device, onednn",
+    [
+        (None, "AuthenticAMD", False, "cpu", True),  # auto: measured to pay on AMD EPYC
+        ("auto", "AuthenticAMD", False, "cpu", True),
+        (None, "AuthenticAMD", True, "cpu", False),  # a CPU where "medium" rounds to bf16: never by default
+        ("on", "GenuineIntel", True, "cpu", False),  # ... nor when asked: that is train.bf16_matmul's choice
+        (None, "GenuineIntel", False, "cpu", False),  # not measured there: left as it was
+        (" ON ", "GenuineIntel", False, "cpu", True),
+        ("off", "AuthenticAMD", False, "cpu", False),
+        (None, "AuthenticAMD", False, "cuda", False),
+    ],
+)
+def test_stacks_take_onednn_float32_kernels_where_measured_or_asked(monkeypatch, setting, vendor, bf16, device, onednn):
+    from dl_lab.training import device as device_module
+    from dl_lab.training.engine import configure_math
+
+    monkeypatch.setattr(device_module, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(device_module, "bf16_products", lambda: bf16)
+    environ = {} if setting is None else {"DLLAB_ONEDNN_STACKS": setting}
+    try:
+        assert device_module.choose_stack_matmuls(torch.device(device), environ) is onednn
+        assert device_module.stack_precision() == ("medium" if onednn else "highest")
+        configure_math(make_config(), CPU, stacked=True)
+        assert torch.get_float32_matmul_precision() == ("medium" if onednn else "highest")
+        configure_math(make_config(), CPU)  # a lone run keeps MKL's kernels
+        assert torch.get_float32_matmul_precision() == "highest"
+        configure_math(make_config(train={"bf16_matmul": True}), CPU, stacked=True)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        device_module.choose_stack_matmuls(CPU, {"DLLAB_ONEDNN_STACKS": "off"})
+        configure_math_default()
+
+
+def test_a_stack_through_onednn_float32_kernels_trains_to_the_same_result_within_rounding():
+    from dl_lab.training import device as device_module
+    from dl_lab.training.stack import train_batched
+
+    configs = [make_config(seed=seed) for seed in (1, 2)]
+    data = dataset(configs[0])
+    results = {}
+    try:
+        for setting in ("off", "on"):
+            device_module.choose_stack_matmuls(CPU, {"DLLAB_ONEDNN_STACKS": setting})
+            results[setting] = train_batched(configs, data, CPU, Quiet())
+    finally:
+        device_module.choose_stack_matmuls(CPU, {"DLLAB_ONEDNN_STACKS": "off"})
+        configure_math_default()
+    for mkl, onednn in zip(results["off"], results["on"]):  # each product within float32 rounding of MKL's;
+        assert onednn.status == mkl.status == "completed"  # Adam scales the gradients' last bits up to an lr
+        for a, b in zip(mkl.history, onednn.history):  # step, so runs drift apart by seed-noise amounts
+            assert b.train_loss == pytest.approx(a.train_loss, rel=0.02, abs=0.005)
+            assert abs(b.test_acc - a.test_acc) <= 0.01
 
 
 def test_cpu_flags_are_read_from_cpuinfo_and_missing_cpuinfo_is_no_error(monkeypatch, tmp_path):
@@ -425,11 +515,15 @@ def test_denormals_are_flushed_where_measured_or_asked(monkeypatch, setting, ven
     assert (tiny.item() == 0.0) is flushed
 
 
-def test_an_unknown_denormals_setting_is_refused_with_what_is_allowed():
-    from dl_lab.training.device import flush_denormals
+@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS"])
+def test_an_unknown_process_setting_is_refused_with_what_is_allowed(name):
+    from dl_lab.training.device import choose_stack_matmuls, flush_denormals
 
-    with pytest.raises(ConfigError, match=r"\$DLLAB_FLUSH_DENORMALS='yes please' is not a setting; allowed: auto"):
-        flush_denormals(CPU, {"DLLAB_FLUSH_DENORMALS": "yes please"})
+    choose = flush_denormals if name == "DLLAB_FLUSH_DENORMALS" else choose_stack_matmuls
+    with pytest.raises(
+        ConfigError, match=rf"\${name}='yes please' is not a setting; allowed: auto \(default\), on, off"
+    ):
+        choose(CPU, {name: "yes please"})
 
 
 def test_fused_adam_leaves_a_grad_scalers_steps_to_adam_step(monkeypatch):

@@ -199,13 +199,14 @@ def test_a_node_lost_mid_grid_is_retried_elsewhere_and_nothing_is_lost_or_duplic
         ({}, {}),
         ({"DLLAB_CACHE_DIR": "off"}, {"DLLAB_CACHE_DIR": "off"}),
         ({"DLLAB_FLUSH_DENORMALS": "off"}, {"DLLAB_FLUSH_DENORMALS": "off"}),  # a process setting: passed as is
+        ({"DLLAB_ONEDNN_STACKS": "on"}, {"DLLAB_ONEDNN_STACKS": "on"}),
         (
             {"DLLAB_DATA_DIR": "data", "DLLAB_CACHE_DIR": "c"},
             {"DLLAB_DATA_DIR": "{cwd}/data", "DLLAB_CACHE_DIR": "{cwd}/c"},
         ),
     ],
 )
-def test_workers_get_the_data_and_cache_folders_as_absolute_paths_and_the_denormals_setting(
+def test_workers_get_the_data_and_cache_folders_as_absolute_paths_and_the_process_settings(
     monkeypatch, environ, expected
 ):
     from dl_lab.experiments import ray_executor

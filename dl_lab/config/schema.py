@@ -184,7 +184,8 @@ class TrainConfig(Section):
     bf16_matmul: bool = Field(
         False,
         description="on CPU, compute float32 matmuls in bfloat16 (oneDNN; weights, gradients and results "
-        "stay float32; ~3e-3 relative precision) where the CPU has native bf16 (AMX, avx512_bf16); "
+        "stay float32; ~3e-3 relative precision) where oneDNN has a bf16 kernel for the CPU (AMX; on an AMD "
+        "EPYC with avx512_bf16 the products stay float32: env.json's bf16_products says which); "
         "faster for stacked comparisons, not for one model; no effect on CUDA",
     )
     tensorboard: bool = Field(

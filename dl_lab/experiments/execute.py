@@ -20,7 +20,15 @@ from dl_lab.runs.recorder import RunRecorder
 from dl_lab.runs.records import RunSummary
 from dl_lab.runs.store import create_run_dir
 from dl_lab.signals import deferred
-from dl_lab.training.device import available_bytes, denormals_setting, flush_denormals, resolve_device
+from dl_lab.training.device import (
+    ENV_FLUSH_DENORMALS,
+    ENV_ONEDNN_STACKS,
+    available_bytes,
+    choose_stack_matmuls,
+    flush_denormals,
+    resolve_device,
+    switch,
+)
 from dl_lab.training.engine import SequentialEngine, train
 from dl_lab.training.environment import environment
 from dl_lab.training.events import Observer, Observers, Run, run_key
@@ -57,6 +65,7 @@ def device_and_data(
     """The config's device (or ``device_spec``), and its dataset loaded onto it."""
     device = resolve_device(device_spec or config.device)
     flush_denormals(device, environ)  # before torch's first parallel work starts its threads
+    choose_stack_matmuls(device, environ)
     return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 
@@ -101,7 +110,8 @@ def load_data_for(
     """Resolve the device and load the dataset once per distinct (device, data) setting. With
     ``device_spec`` (the Ray driver: the runs train elsewhere) the data is checked on that device."""
     loaded: dict[str, tuple[torch.device, Dataset]] = {}
-    denormals_setting(environ)  # a setting of the process, not of a variant: refused as such
+    for name in (ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS):
+        switch(environ, name)  # a setting of the process, not of a variant: refused as such
     for config in configs:
         key = data_key(config)
         if key not in loaded:

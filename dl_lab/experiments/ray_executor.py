@@ -55,7 +55,7 @@ def import_ray() -> Any:
 
 def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     """Join the cluster at --address or $RAY_ADDRESS, else start a local Ray instance; workers get
-    $DLLAB_DATA_DIR, $DLLAB_CACHE_DIR and $DLLAB_FLUSH_DENORMALS through Ray's runtime env."""
+    $DLLAB_DATA_DIR, $DLLAB_CACHE_DIR, $DLLAB_FLUSH_DENORMALS and $DLLAB_ONEDNN_STACKS through Ray's runtime env."""
     ray = import_ray()
     env_vars = {
         name: str(Path(environ[name]).expanduser().resolve())
@@ -64,10 +64,9 @@ def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     }
     if tensor_cache.cache_dir(environ) is None:
         env_vars[tensor_cache.ENV_CACHE_DIR] = tensor_cache.OFF
-    from dl_lab.training.device import ENV_FLUSH_DENORMALS  # torch: imported only where Ray is
+    from dl_lab.training.device import ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS  # torch: imported only where Ray is
 
-    if environ.get(ENV_FLUSH_DENORMALS):
-        env_vars[ENV_FLUSH_DENORMALS] = environ[ENV_FLUSH_DENORMALS]
+    env_vars.update({name: environ[name] for name in (ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS) if environ.get(name)})
     address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(

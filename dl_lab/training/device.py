@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Mapping
 
@@ -13,6 +14,11 @@ ENV_FLUSH_DENORMALS = "DLLAB_FLUSH_DENORMALS"
 # CPU vendors where flushing was measured to pay (bench/denormals.py; docs/performance.md): the
 # choice per CPU kind, never extended to one that was not measured.
 FLUSH_MEASURED_ON = ("GenuineIntel",)
+ENV_ONEDNN_STACKS = "DLLAB_ONEDNN_STACKS"
+# CPU vendors where a stack's float32 matmuls were measured faster through oneDNN's float32 kernels
+# than MKL's (bench/matmul_kernels.py; docs/performance.md), on CPUs where that keeps float32 products.
+ONEDNN_STACKS_MEASURED_ON = ("AuthenticAMD",)
+_stacks = {"precision": "highest"}  # torch's float32 matmul precision for stacks of float32 runs
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -48,7 +54,7 @@ def hardware(device: torch.device) -> str:
     return device_name(device) if device.type == "cuda" else cpu_kind()
 
 
-NOTABLE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # fp32 width; native bf16 (train.bf16_matmul)
+NOTABLE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # fp32 width; bf16 instructions (used or not: bf16_products)
 
 
 def cpu_flags() -> list[str]:
@@ -62,6 +68,25 @@ def cpu_kind() -> str:
     return f"{cpu_name()} ({', '.join(cpu_flags()) or 'no avx512f, no native bf16'})"
 
 
+@functools.cache
+def bf16_products() -> bool:
+    """Whether torch's float32 matmul precision "medium" (``train.bf16_matmul``) rounds a CPU matmul's
+    products to bf16 on this machine. The CPU's flags cannot tell: oneDNN does it where it has a bf16
+    kernel for the CPU (AMX), while on an AMD EPYC with avx512_bf16 but no AMX it keeps float32 products
+    and only picks its own float32 kernel (bench/matmul_kernels.py). So it is probed, once per process,
+    at the shapes of the models' matmuls (one model's 784-256 layer and a stack of them): 1 + 2**-10 is
+    no bf16 number, so 784 products of it and 1 sum to 784 with bf16 products, 784.765625 without."""
+    x, w = torch.full((100, 784), 1 + 2**-10), torch.ones(784, 256)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        stacked = torch.bmm(x.expand(2, -1, -1).contiguous(), w.expand(2, -1, -1).contiguous())
+        sums = [torch.mm(x, w)[0, 0], stacked[0, 0, 0]]
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    return any(float(total) != 784 * (1 + 2**-10) for total in sums)
+
+
 def flush_denormals(device: torch.device, environ: Mapping[str, str]) -> bool:
     """Treat float32 values below 1.2e-38 (denormals) as zero in this process's CPU arithmetic
     (FTZ/DAZ) where that pays, and say whether it is on. Denormals appear where probabilities or Adam's
@@ -72,16 +97,39 @@ def flush_denormals(device: torch.device, environ: Mapping[str, str]) -> bool:
     $DLLAB_FLUSH_DENORMALS: ``auto`` (default: on for a CPU device of a vendor in FLUSH_MEASURED_ON),
     ``on`` or ``off``. The flag belongs to a thread and threads started later inherit it, so this is
     called before the data are loaded, before torch starts its worker threads."""
-    choice = denormals_setting(environ)
+    choice = switch(environ, ENV_FLUSH_DENORMALS)
     on = choice == "on" or (choice == "auto" and device.type == "cpu" and cpu_vendor() in FLUSH_MEASURED_ON)
     return torch.set_flush_denormal(on) and on  # False where the CPU cannot flush
 
 
-def denormals_setting(environ: Mapping[str, str]) -> str:
-    """$DLLAB_FLUSH_DENORMALS checked: auto, on or off."""
-    value = environ.get(ENV_FLUSH_DENORMALS, "auto")
+def choose_stack_matmuls(device: torch.device, environ: Mapping[str, str]) -> bool:
+    """Whether a stack's float32 matmuls (the batched engine on the CPU) go through oneDNN's float32
+    kernels instead of MKL's, and set that for this process (stack_precision). torch does so under its
+    float32 matmul precision "medium" where oneDNN has no bf16 kernel for the CPU: the products stay
+    float32, rounded in another order (bf16_products probes it; where they would be rounded to bf16 it
+    stays off). On an AMD EPYC a stack of 5-10 trains in 0.79-0.87x the time, one model in 0.98x
+    (bench/matmul_kernels.py), so lone runs keep MKL's.
+
+    $DLLAB_ONEDNN_STACKS: ``auto`` (default: on for a CPU of a vendor in ONEDNN_STACKS_MEASURED_ON),
+    ``on`` (any CPU where the products stay float32) or ``off``. Called after flush_denormals: the
+    probe starts torch's worker threads."""
+    choice = switch(environ, ENV_ONEDNN_STACKS)
+    wanted = choice == "on" or (choice == "auto" and cpu_vendor() in ONEDNN_STACKS_MEASURED_ON)
+    on = device.type == "cpu" and wanted and not bf16_products()
+    _stacks["precision"] = "medium" if on else "highest"
+    return on
+
+
+def stack_precision() -> str:
+    """torch's float32 matmul precision for a stack of float32 runs on the CPU (choose_stack_matmuls)."""
+    return _stacks["precision"]
+
+
+def switch(environ: Mapping[str, str], name: str) -> str:
+    """An auto/on/off environment setting, checked: auto where unset."""
+    value = environ.get(name, "auto")
     if value.strip().lower() not in ("auto", "on", "off"):
-        raise ConfigError(f"${ENV_FLUSH_DENORMALS}={value!r} is not a setting; allowed: auto (default), on, off")
+        raise ConfigError(f"${name}={value!r} is not a setting; allowed: auto (default), on, off")
     return value.strip().lower()
 
 

@@ -34,6 +34,7 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
 from dl_lab.training.compiled import compile_step
 from dl_lab.training.cuda_graphs import GraphedSteps, StepBody, StepOut
+from dl_lab.training.device import stack_precision
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.events import Observer
 from dl_lab.training.fused import single_pass
@@ -89,13 +90,16 @@ class Generators:
     pretrain: torch.Generator  # shuffles pre-training batches, apart so data order is the same with or without
 
 
-def configure_math(config: ExperimentConfig, device: torch.device) -> None:
+def configure_math(config: ExperimentConfig, device: torch.device, stacked: bool = False) -> None:
     """Set per unit (the setting is process-wide): TF32 matmuls on CUDA, bf16 matmuls on CPU, each only
-    when the config asks (torch's float32 matmul precision "high" and "medium"), else full float32."""
+    when the config asks (torch's float32 matmul precision "high" and "medium"), else full float32 —
+    for a stack on the CPU through the kernels choose_stack_matmuls picked for this process."""
     if device.type == "cuda":
         precision = "high" if config.train.tf32 else "highest"
+    elif config.train.bf16_matmul:
+        precision = "medium"
     else:
-        precision = "medium" if config.train.bf16_matmul else "highest"
+        precision = stack_precision() if stacked else "highest"
     torch.set_float32_matmul_precision(precision)
     torch.backends.cudnn.allow_tf32 = config.train.tf32 and device.type == "cuda"
 
@@ -224,7 +228,7 @@ def train_unit(
     plan = BatchPlan.make(
         len(data.train), first.data.batch_size, first.data.drop_last, first.model.has_batchnorm_layers
     )
-    configure_math(first, device)  # tf32 and bf16_matmul are part of the batch key: all runs agree
+    configure_math(first, device, stacked=len(configs) > 1)  # tf32 and bf16_matmul are in the batch key: all agree
     members: list[Member] = []
     started: list[ExperimentConfig] = []
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import dl_lab
-from dl_lab.training.device import cpu_flags, denormals_flushed, device_name
+from dl_lab.training.device import bf16_products, cpu_flags, denormals_flushed, device_name, stack_precision
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
@@ -56,7 +56,9 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "cpu_flags": cpu_flags() if device.type == "cpu" else None,  # whether train.bf16_matmul can take effect
+        "cpu_flags": cpu_flags() if device.type == "cpu" else None,
+        "bf16_products": bf16_products() if device.type == "cpu" else None,  # what train.bf16_matmul does here
+        "onednn_stacks": stack_precision() == "medium" if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
         "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
         "cpu_threads": torch.get_num_threads(),
         "data_root": data_root or None,
