@@ -4,10 +4,12 @@ models, both activations) and with a stack per variant (--stacks variant, as bef
 shared a stack). Prints total seconds and the ratios, and each seed's test accuracy under each. With
 --bf16 the batched engine also trains the grid with train.bf16_matmul=true, judged against the fp32
 sequential result; with --compile, with train.compile=true (its first repeat includes compiling the
-step: use --repeats 3 or more, whose median leaves it out).
+step: use --repeats 3 or more, whose median leaves it out); with --mkl-stacks, also the batched engine
+with $DLLAB_ONEDNN_STACKS=off (MKL's float32 kernels for the stack: what the default is on a CPU where
+oneDNN's are not chosen, and what every CPU did before they were).
 
 Usage: DLLAB_DATA_DIR=../shared/data python bench/compare_engines.py [--epochs 1] [--device cpu] [--repeats 2] [--bf16]
-       [--compile] [--init preset] [--presets relu sigmoid]
+       [--compile] [--mkl-stacks] [--init preset] [--presets relu sigmoid]
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ import torch
 
 from dl_lab.config.loader import load_config
 from dl_lab.experiments.execute import device_and_data
-from dl_lab.training.device import hardware
+from dl_lab.training.device import ENV_ONEDNN_STACKS, choose_stack_matmuls, hardware
 from dl_lab.training.engine import Observer, SequentialEngine
 from dl_lab.training.stack import BatchedEngine
+
+
+class MklStacks(BatchedEngine):
+    """The batched engine with the stack's float32 matmuls left to MKL ($DLLAB_ONEDNN_STACKS=off)."""
+
+    def run(self, configs, data, device, observer):  # type: ignore[no-untyped-def]
+        choose_stack_matmuls(device, {ENV_ONEDNN_STACKS: "off"})
+        try:
+            return super().run(configs, data, device, observer)
+        finally:
+            choose_stack_matmuls(device, os.environ)
 
 
 def main() -> None:
@@ -36,6 +49,7 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs=true for both engines")
     parser.add_argument("--bf16", action="store_true", help="also the batched engine with train.bf16_matmul=true")
     parser.add_argument("--compile", action="store_true", help="also the batched engine with train.compile=true")
+    parser.add_argument("--mkl-stacks", action="store_true", help="also the batched engine with MKL's matmuls")
     parser.add_argument(
         "--init",
         default="xavier_uniform",
@@ -71,6 +85,8 @@ def main() -> None:
     ]
     if args.bf16:
         engines.append(("batched bf16", BatchedEngine(), grid("train.bf16_matmul=true")))
+    if args.mkl_stacks:
+        engines.append(("batched MKL", MklStacks(), configs))
     if args.compile:
         engines.append(("batched compiled", BatchedEngine(), grid("train.compile=true")))
     times: dict[str, list[float]] = {name: [] for name, _, _ in engines}
