@@ -436,11 +436,15 @@ def test_stacks_take_onednn_float32_kernels_where_measured_or_asked(monkeypatch,
     environ = {} if setting is None else {"DLLAB_ONEDNN_STACKS": setting}
     try:
         assert device_module.choose_stack_matmuls(torch.device(device), environ) is onednn
-        assert device_module.stack_precision() == ("medium" if onednn else "highest")
-        configure_math(make_config(), CPU, stacked=True)
+        assert device_module.onednn_stacks() is onednn
+        wide = make_config(model={"hidden": [128, 256]})
+        configure_math(wide, CPU, stacked=True)
         assert torch.get_float32_matmul_precision() == ("medium" if onednn else "highest")
-        configure_math(make_config(), CPU)  # a lone run keeps MKL's kernels
+        configure_math(wide, CPU)  # a lone run keeps MKL's kernels
         assert torch.get_float32_matmul_precision() == "highest"
+        for narrow in ([256, 64], []):  # a hidden layer under 128 wide, or none: MKL's kernels (faster there)
+            configure_math(make_config(model={"hidden": narrow}), CPU, stacked=True)
+            assert torch.get_float32_matmul_precision() == "highest"
         configure_math(make_config(train={"bf16_matmul": True}), CPU, stacked=True)
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
@@ -452,16 +456,18 @@ def test_a_stack_through_onednn_float32_kernels_trains_to_the_same_result_within
     from dl_lab.training import device as device_module
     from dl_lab.training.stack import train_batched
 
-    configs = [make_config(seed=seed) for seed in (1, 2)]
+    configs = [make_config(seed=seed, model={"hidden": [128, 128]}) for seed in (1, 2)]
     data = dataset(configs[0])
-    results = {}
+    results, precisions = {}, []
     try:
         for setting in ("off", "on"):
             device_module.choose_stack_matmuls(CPU, {"DLLAB_ONEDNN_STACKS": setting})
             results[setting] = train_batched(configs, data, CPU, Quiet())
+            precisions.append(torch.get_float32_matmul_precision())
     finally:
         device_module.choose_stack_matmuls(CPU, {"DLLAB_ONEDNN_STACKS": "off"})
         configure_math_default()
+    assert precisions == ["highest", "highest" if bf16_products() else "medium"]  # "on": oneDNN where float32
     for mkl, onednn in zip(results["off"], results["on"]):  # each product within float32 rounding of MKL's;
         assert onednn.status == mkl.status == "completed"  # Adam scales the gradients' last bits up to an lr
         for a, b in zip(mkl.history, onednn.history):  # step, so runs drift apart by seed-noise amounts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ ENV_ONEDNN_STACKS = "DLLAB_ONEDNN_STACKS"
 # CPU vendors where a stack's float32 matmuls were measured faster through oneDNN's float32 kernels
 # than MKL's (bench/matmul_kernels.py; docs/performance.md), on CPUs where that keeps float32 products.
 ONEDNN_STACKS_MEASURED_ON = ("AuthenticAMD",)
+# ... for models whose hidden layers are all at least this wide: narrower ones were slower through
+# oneDNN (784-32-32-10: 1.10-1.23x the time), 64-128 wide about even (0.95-0.96x), 256-512 faster.
+ONEDNN_STACKS_MIN_WIDTH = 128
 _stacks = {"precision": "highest"}  # torch's float32 matmul precision for stacks of float32 runs
 
 
@@ -107,8 +110,9 @@ def choose_stack_matmuls(device: torch.device, environ: Mapping[str, str]) -> bo
     kernels instead of MKL's, and set that for this process (stack_precision). torch does so under its
     float32 matmul precision "medium" where oneDNN has no bf16 kernel for the CPU: the products stay
     float32, rounded in another order (bf16_products probes it; where they would be rounded to bf16 it
-    stays off). On an AMD EPYC a stack of 5-10 trains in 0.79-0.87x the time, one model in 0.98x
-    (bench/matmul_kernels.py), so lone runs keep MKL's.
+    stays off). On an AMD EPYC a stack of 5-10 784-256-256-10 models trains in 0.79-0.87x the time,
+    784-512x4-10 in 0.91x, but one model in 0.98x and narrow models slower (bench/matmul_kernels.py),
+    so lone runs and models with a hidden layer under ONEDNN_STACKS_MIN_WIDTH keep MKL's.
 
     $DLLAB_ONEDNN_STACKS: ``auto`` (default: on for a CPU of a vendor in ONEDNN_STACKS_MEASURED_ON),
     ``on`` (any CPU where the products stay float32) or ``off``. Called after flush_denormals: the
@@ -120,9 +124,15 @@ def choose_stack_matmuls(device: torch.device, environ: Mapping[str, str]) -> bo
     return on
 
 
-def stack_precision() -> str:
-    """torch's float32 matmul precision for a stack of float32 runs on the CPU (choose_stack_matmuls)."""
-    return _stacks["precision"]
+def stack_precision(hidden: Sequence[int]) -> str:
+    """torch's float32 matmul precision for a stack of float32 runs on the CPU whose models have these
+    hidden layer widths (choose_stack_matmuls, ONEDNN_STACKS_MIN_WIDTH)."""
+    return _stacks["precision"] if min(hidden, default=0) >= ONEDNN_STACKS_MIN_WIDTH else "highest"
+
+
+def onednn_stacks() -> bool:
+    """Whether this process sends wide enough stacks' float32 matmuls through oneDNN (for env.json)."""
+    return _stacks["precision"] == "medium"
 
 
 def switch(environ: Mapping[str, str], name: str) -> str:

@@ -99,7 +99,7 @@ def configure_math(config: ExperimentConfig, device: torch.device, stacked: bool
     elif config.train.bf16_matmul:
         precision = "medium"
     else:
-        precision = stack_precision() if stacked else "highest"
+        precision = stack_precision(config.model.hidden) if stacked else "highest"
     torch.set_float32_matmul_precision(precision)
     torch.backends.cudnn.allow_tf32 = config.train.tf32 and device.type == "cuda"
 

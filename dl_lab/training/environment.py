@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import dl_lab
-from dl_lab.training.device import bf16_products, cpu_flags, denormals_flushed, device_name, stack_precision
+from dl_lab.training.device import bf16_products, cpu_flags, denormals_flushed, device_name, onednn_stacks
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
@@ -58,7 +58,7 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,
         "bf16_products": bf16_products() if device.type == "cpu" else None,  # what train.bf16_matmul does here
-        "onednn_stacks": stack_precision() == "medium" if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
+        "onednn_stacks": onednn_stacks() if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
         "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
         "cpu_threads": torch.get_num_threads(),
         "data_root": data_root or None,
