@@ -10,7 +10,11 @@ costs or saves inside training, side by side in one process:
    engine's), with the precision switched between `highest` and `medium` every --block steps, so both
    share the machine's changing load alike; seconds summed per setting and their ratio.
 
+With --preset NAME the speed part trains that preset's model instead (its own architecture, init,
+batch size and optimizer; the stack: --models copies with their own initial weights).
+
 Usage: DLLAB_DATA_DIR=../shared/data python bench/matmul_kernels.py [--steps 1200] [--models 10] [--block 10]
+       [--preset lab09/deep [--set data.batch_size=32]]
 """
 
 from __future__ import annotations
@@ -101,6 +105,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200, help="training steps per case, both settings together")
     parser.add_argument("--models", type=int, default=10, help="models in the stack")
     parser.add_argument("--block", type=int, default=10, help="steps between switches")
+    parser.add_argument("--preset", help="train this preset's model (default: relu and sigmoid, Xavier init)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override for --preset, e.g. model.hidden=[64]"
+    )
     args = parser.parse_args()
     device = torch.device("cpu")
     print(f"machine: {hardware(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -115,15 +123,25 @@ def main() -> None:
         kind = "bf16 products" if errors["medium"] > 1e-4 else "float32 products"
         print(f"  {name:<38} highest {errors['highest']:.1e}, medium {errors['medium']:.1e} ({kind})")
 
-    relu = load_config("relu", ["model.init=xavier_uniform", "device=cpu"]).config
-    sigmoid = relu.model_copy(update={"model": relu.model.model_copy(update={"activation": "sigmoid"})})
-    _, data = device_and_data(relu, os.environ)
-    x, y, half = data.train.x, data.train.y, args.models // 2
+    if args.preset:
+        first = load_config(args.preset, ["device=cpu", *args.set]).config
+        stacked, names = [first] * args.models, (args.preset, args.preset)
+    else:
+        first = load_config("relu", ["model.init=xavier_uniform", "device=cpu"]).config
+        sigmoid = first.model_copy(update={"model": first.model.model_copy(update={"activation": "sigmoid"})})
+        half = args.models // 2
+        stacked, names = [first] * half + [sigmoid] * (args.models - half), ("relu", "relu + sigmoid")
+    _, data = device_and_data(first, os.environ)
+    x, y = data.train.x, data.train.y
     cases = {
-        "one model (relu)": one_model_step(relu, x, y),
-        f"stack of {args.models} (relu + sigmoid)": stack_step([relu] * half + [sigmoid] * (args.models - half), x, y),
+        f"one model ({names[0]})": one_model_step(first, x, y),
+        f"stack of {args.models} ({names[1]})": stack_step(stacked, x, y),
     }
-    print(f"speed: {args.steps} steps per case, 784-256-256-10, Adam, batch 100; switching every {args.block} steps")
+    sizes = "-".join(str(n) for n in [x.shape[1], *first.model.hidden, 10])
+    print(
+        f"speed: {args.steps} steps per case, {sizes}, {first.optimizer.name}, batch {first.data.batch_size}; "
+        f"switching every {args.block} steps"
+    )
     for name, run in cases.items():
         spent = paired(run, args.steps, args.block)
         print(
