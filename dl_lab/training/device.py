@@ -21,7 +21,7 @@ ONEDNN_STACKS_MEASURED_ON = ("AuthenticAMD",)
 # ... for models whose hidden layers are all at least this wide: narrower ones were slower through
 # oneDNN (784-32-32-10: 1.10-1.23x the time), 64-128 wide about even (0.95-0.96x), 256-512 faster.
 ONEDNN_STACKS_MIN_WIDTH = 128
-_stacks = {"precision": "highest"}  # torch's float32 matmul precision for stacks of float32 runs
+_stacks = {"onednn": False}  # this process's choice (choose_stack_matmuls)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -107,7 +107,7 @@ def flush_denormals(device: torch.device, environ: Mapping[str, str]) -> bool:
 
 def choose_stack_matmuls(device: torch.device, environ: Mapping[str, str]) -> bool:
     """Whether a stack's float32 matmuls (the batched engine on the CPU) go through oneDNN's float32
-    kernels instead of MKL's, and set that for this process (stack_precision). torch does so under its
+    kernels instead of MKL's, and set that for this process (stack_precision reads it). torch does so under its
     float32 matmul precision "medium" where oneDNN has no bf16 kernel for the CPU: the products stay
     float32, rounded in another order (bf16_products probes it; where they would be rounded to bf16 it
     stays off). On an AMD EPYC a stack of 5-10 784-256-256-10 models trains in 0.79-0.87x the time,
@@ -120,19 +120,20 @@ def choose_stack_matmuls(device: torch.device, environ: Mapping[str, str]) -> bo
     choice = switch(environ, ENV_ONEDNN_STACKS)
     wanted = choice == "on" or (choice == "auto" and cpu_vendor() in ONEDNN_STACKS_MEASURED_ON)
     on = device.type == "cpu" and wanted and not bf16_products()
-    _stacks["precision"] = "medium" if on else "highest"
+    _stacks["onednn"] = on
     return on
 
 
 def stack_precision(hidden: Sequence[int]) -> str:
     """torch's float32 matmul precision for a stack of float32 runs on the CPU whose models have these
     hidden layer widths (choose_stack_matmuls, ONEDNN_STACKS_MIN_WIDTH)."""
-    return _stacks["precision"] if min(hidden, default=0) >= ONEDNN_STACKS_MIN_WIDTH else "highest"
+    wide = min(hidden, default=0) >= ONEDNN_STACKS_MIN_WIDTH
+    return "medium" if _stacks["onednn"] and wide else "highest"
 
 
 def onednn_stacks() -> bool:
     """Whether this process sends wide enough stacks' float32 matmuls through oneDNN (for env.json)."""
-    return _stacks["precision"] == "medium"
+    return _stacks["onednn"]
 
 
 def switch(environ: Mapping[str, str], name: str) -> str:
