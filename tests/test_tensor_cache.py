@@ -194,6 +194,21 @@ def test_a_corrupted_cache_file_is_rebuilt_never_trusted(tmp_path, cache, decode
     assert_same(load(tmp_path), rebuilt) and len(decodes) == 8  # the cache file was rewritten whole
 
 
+def test_a_header_length_beyond_any_header_is_damage_not_a_read_of_the_whole_file():
+    """A length field past MAX_HEADER_BYTES is refused before its bytes are sliced or read, even where
+    they hold a valid JSON object with the right CRC; one at the limit is read."""
+    import json
+    import zlib
+
+    def file_with(length: int) -> bytes:
+        raw = json.dumps({"decoding": tensor_cache.DECODING}).encode().ljust(length)
+        return tensor_cache.PREFIX.pack(tensor_cache.MAGIC, length, zlib.crc32(raw)) + raw
+
+    limit = tensor_cache.MAX_HEADER_BYTES
+    assert tensor_cache.parse_header(file_with(limit)) == (limit, {"decoding": tensor_cache.DECODING})
+    assert tensor_cache.parse_header(file_with(limit + 1)) is None
+
+
 def test_a_cache_from_another_decoding_is_not_served(tmp_path, cache, decodes, monkeypatch):
     small_mnist(tmp_path)
     load(tmp_path)

@@ -52,6 +52,7 @@ ENV_CACHE_DIR = "DLLAB_CACHE_DIR"
 OFF = "off"
 MAGIC = b"DLLABTC1"
 PREFIX = struct.Struct("<8sII")  # magic, header length, header CRC-32
+MAX_HEADER_BYTES = 1 << 20  # MNIST's header is 1.5 KB: a longer length field is damage, not a header to read
 ALIGN = 4096
 ABANDONED_AFTER = 3600.0  # seconds: a temporary this old belongs to a writer that was killed
 CRC_CHUNK = 1 << 24  # checksummed in 16 MiB pieces, in parallel
@@ -151,6 +152,8 @@ def parse_header(data: Any) -> tuple[int, dict[str, Any]] | None:
     None unless the magic, the length and the header's CRC-32 hold and the header is a JSON object."""
     try:
         magic, length, crc = PREFIX.unpack_from(data, 0)
+        if length > MAX_HEADER_BYTES:
+            return None
         raw = data[PREFIX.size : PREFIX.size + length]
         if magic != MAGIC or len(raw) != length or zlib.crc32(raw) != crc:
             return None
@@ -285,7 +288,7 @@ def _header(path: Path) -> dict[str, Any] | None:
         with open(path, "rb") as handle:
             prefix = handle.read(PREFIX.size)
             length = PREFIX.unpack(prefix)[1] if len(prefix) == PREFIX.size else 0
-            parsed = parse_header(prefix + handle.read(length))
+            parsed = parse_header(prefix + handle.read(min(length, MAX_HEADER_BYTES)))
     except OSError:
         return None
     return parsed[1] if parsed else None
