@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from dl_lab import signals
 from dl_lab.cli import cache, compare, config, export, report, runs, train
 from dl_lab.cli.common import user_errors
 from dl_lab.signals import HANDLED
@@ -89,8 +90,6 @@ def exit_now(code: int | str | None) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # PipeSafe: a reader that went away is not an error
-    from dl_lab import signals
-
     owed = signals.unanswered()  # held during a last import, its retry not yet due: it still ends the process
     os._exit(128 + owed if owed else 0 if code is None else code)
 

@@ -18,8 +18,9 @@ ENV_ONEDNN_STACKS = "DLLAB_ONEDNN_STACKS"
 # CPU vendors where a stack's float32 matmuls were measured faster through oneDNN's float32 kernels
 # than MKL's (bench/matmul_kernels.py; docs/performance.md), on CPUs where that keeps float32 products.
 ONEDNN_STACKS_MEASURED_ON = ("AuthenticAMD",)
-# ... for models whose hidden layers are all at least this wide: narrower ones were slower through
-# oneDNN (784-32-32-10: 1.10-1.23x the time), 64-128 wide about even (0.95-0.96x), 256-512 faster.
+# ... for models whose hidden layers are all at least this wide: on the 2-core AMD EPYC narrower ones
+# were slower through oneDNN (784-32-32-10: 1.10-1.23x the time), 64-128 wide about even (0.95-0.96x),
+# 256-512 wide faster (0.79-0.91x).
 ONEDNN_STACKS_MIN_WIDTH = 128
 _stacks = {"onednn": False}  # this process's choice (choose_stack_matmuls)
 
