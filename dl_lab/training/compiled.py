@@ -36,12 +36,22 @@ class CompileFailed(RuntimeError):
     """torch.compile could not build the training step."""
 
 
+# What torch.compile raises when it cannot build a step; torch adds and renames these between releases
+# (TritonUnavailableError is not in torch 2.11), so each is taken where the installed torch has it.
+COMPILER_FAILURES = ("BackendCompilerFailed", "TritonUnavailableError", "FailOnRecompileLimitHit")
+
+
+def compiler_failures(exc_module: Any) -> tuple[type[BaseException], ...]:
+    """The classes of COMPILER_FAILURES that ``exc_module`` (torch._dynamo.exc) defines."""
+    return tuple(getattr(exc_module, name) for name in COMPILER_FAILURES if hasattr(exc_module, name))
+
+
 def compile_step(body: StepBody, backend: str | Callable[..., Any] = "inductor") -> StepBody:
     """``body`` compiled (on its first call); a compiler failure raises CompileFailed."""
     import torch._dynamo  # 1.2-1.4 s: only for runs with train.compile
     import torch._inductor.config as inductor_config
-    from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit, TritonUnavailableError
 
+    failures = compiler_failures(torch._dynamo.exc)
     torch._dynamo.reset()  # the last unit's code guards on its own parameters: it can never serve this one
     torch._dynamo.config.fail_on_recompile_limit_hit = True  # never eager behind the user's back
     inductor_config.fallback_random = True  # the masks eager steps draw, from the run's own streams
@@ -52,7 +62,7 @@ def compile_step(body: StepBody, backend: str | Callable[..., Any] = "inductor")
     def step(index: torch.Tensor) -> StepOut:
         try:
             return compiled(index)
-        except (BackendCompilerFailed, TritonUnavailableError, FailOnRecompileLimitHit) as error:
+        except failures as error:
             cause = getattr(error, "inner_exception", None) or error  # the backend's own error
             reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
             raise CompileFailed(
