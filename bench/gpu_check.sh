@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Checks to run on a lent CUDA machine, as one script (see DEVELOPERS.md and docs/performance.md).
-# Expects, in the checkout: .whl/ (wheels the machine lacks: pydantic, typer, rich ... for its Python)
+# Checks to run on a lent CUDA machine, as one script (see docs/performance.md).
+# Usage: bash bench/gpu_check.sh [SECONDS]  -- SECONDS (default 540): the device call's time limit; the
+# script stops starting sections that would not finish inside it, and cuts the test suite short.
+# SKIP='REGEX' leaves out the sections whose titles match (e.g. SKIP='dropout|eager steps' after a first run).
+# Expects, in the checkout: .whl/ (wheels the machine lacks: pydantic, jsonschema ... for its Python)
 # and .device-data/mnist-gz/ (a copy of ../shared/data/mnist-gz). Writes logs under $OUT.
 # Ordered by what matters most if the device's time runs out: the CUDA-only tests and issue 14's
 # measurements first, then the whole suite and the older checks. Everything printed is also appended
 # to $OUT/gpu_check.log as it happens, so a run cut off by its time limit still brings back its log.
 set -uo pipefail
+DEADLINE=$((SECONDS + ${1:-540} - 15))
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+left() { echo $((DEADLINE - SECONDS)); }
+# section NEEDED_SECONDS TITLE: prints the title, or says it is skipped and returns 1 when too little time is left
+section() {
+  if [ -n "${SKIP:-}" ] && [[ "$2" =~ $SKIP ]]; then echo "== skipped (SKIP): $2 =="; return 1; fi
+  if [ "$(left)" -lt "$1" ]; then echo "== skipped, $(left) s left: $2 =="; return 1; fi
+  echo "== $2 ($(left) s left) =="
+}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
@@ -19,44 +30,53 @@ export DLLAB_DATA_DIR=$PWD/.device-data PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-echo "== the CUDA-only tests, by name =="
-python3 -m pytest -q -k cuda -rA -p no:cacheprovider 2>&1 | grep -E "PASSED|FAILED|SKIPPED|passed|failed"
 
-echo "== issue 14: the 15-epoch relu preset with CUDA graphs (target: 1.0 s of training) =="
-python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --json --runs-dir /tmp/runs 2>/dev/null \
-  | python3 -c "import json,sys; s=json.load(sys.stdin); print(s['status'], 'test_acc', s['final']['test_acc'], 'seconds', s['seconds'])"
+section 60 "the CUDA-only tests, by name" && \
+  timeout 240 python3 -m pytest -q -k "cuda or torch_without" -rA -p no:cacheprovider 2>&1 | grep -E "PASSED|FAILED|SKIPPED|Error|passed|failed"
 
-echo "== issue 14: the 15-epoch 2 x 5 grid, captured (target: 2.0 s) =="
-python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --repeats 1 2>&1 | tee "$OUT/grid15_cuda.txt"
+# summary.json's seconds, and each epoch's from metrics.csv: the first epoch holds the capture (and compiling)
+relu15() {
+  timeout "$1" python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true "${@:2}" --json --runs-dir /tmp/runs 2>>"$OUT/relu15.log" \
+  | python3 -c "
+import csv, json, sys
+s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error') or '')
+epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
+print('each epoch:', ' '.join(f'{e:.3f}' for e in epochs))
+print('first epoch', round(epochs[0], 3), f'the other {len(epochs) - 1}:', round(sum(epochs[1:]), 3), f'-> {len(epochs)} at their rate', round(sum(epochs[1:]) * len(epochs) / max(len(epochs) - 1, 1), 3))"
+}
+section 30 "issue 14: the 15-epoch relu preset captured (target: 1.0 s of training)" && relu15 60
+section 90 "issue 14: the 15-epoch relu preset captured and compiled (train.compile)" && relu15 150 --set train.compile=true
 
-echo "== issue 14: a comparison with dropout, captured and eager: the same table? =="
-D="compare relu sigmoid --seeds 3 --set train.epochs=2 --set model.dropout=0.3 --device cuda"
-python3 -m dl_lab $D --runs-dir /tmp/drop-eager >/dev/null 2>&1; echo "eager rc=$?"
-python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/dev/null 2>&1; echo "captured rc=$?"
-python3 - <<'PY'
+section 90 "issue 14: the 15-epoch 2 x 5 grid captured, one stack of 10, a stack per variant, compiled (target 2.0 s; median of 3)" && \
+  timeout 240 python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --init preset --cuda-graphs --compile --no-sequential --repeats 3 2>&1 | tee "$OUT/grid15_cuda.txt"
+
+if section 40 "issue 14: a comparison with dropout, captured and eager: the same table?"; then
+  D="compare relu sigmoid --seeds 3 --set train.epochs=2 --set model.dropout=0.3 --device cuda"
+  timeout 60 python3 -m dl_lab $D --runs-dir /tmp/drop-eager >/dev/null 2>"$OUT/drop-eager.log"; echo "eager rc=$?"
+  timeout 60 python3 -m dl_lab $D --set train.cuda_graphs=true --runs-dir /tmp/drop-graph >/dev/null 2>"$OUT/drop-graph.log"; echo "captured rc=$?"
+  grep -h -i "graph\|error" "$OUT"/drop-*.log | head -5
+  python3 - <<'PY'
 import csv, glob
 for variant_rows in zip(*(csv.DictReader(open(glob.glob(f"/tmp/drop-{k}/compare-*/table.csv")[0])) for k in ("eager", "graph"))):
     print(" ", *(f"{r['variant']} test_acc {r['test_acc_mean']} test_loss {r['test_loss_mean']}" for r in variant_rows))
 PY
+fi
 
-echo "== issue 14: the 15-epoch relu preset, compiled (train.compile) and captured: seconds with and without the first epoch =="
-python3 -m dl_lab train --config relu --set device=cuda --set train.cuda_graphs=true --set train.compile=true --json --runs-dir /tmp/runs-compiled 2>"$OUT/relu15_compiled.log" \
-  | python3 -c "
-import csv, json, sys
-s = json.load(sys.stdin); print(s['status'], 'test_acc', s['final'] and s['final']['test_acc'], 'seconds', s['seconds'], s.get('error'))
-epochs = [float(r['seconds']) for r in csv.DictReader(open(s['run_dir'] + '/metrics.csv'))]
-rest = epochs[1:]
-print('first epoch (compiling)', round(epochs[0], 2), f'the other {len(rest)}:', round(sum(rest), 2), f'-> {len(epochs)} epochs at that rate', round(sum(rest) * len(epochs) / max(len(rest), 1), 2))"
-tail -2 "$OUT/relu15_compiled.log"
+section 30 "where a step's time goes: relu, one model, eager steps" && timeout 60 python3 bench/step_profile.py --device cuda --top 12
+section 30 "where a step's time goes: relu, one model, captured" && timeout 60 python3 bench/step_profile.py --device cuda --cuda-graphs --top 12
+section 30 "where a step's time goes: relu, a stack of 10, captured" && timeout 60 python3 bench/step_profile.py --device cuda --models 10 --cuda-graphs --top 12
+section 60 "where a step's time goes: relu, one model, captured and compiled" && timeout 90 python3 bench/step_profile.py --device cuda --cuda-graphs --compile --top 12
 
-echo "== issue 14: the 15-epoch 2 x 5 grid, captured, eager steps against compiled ones (median of 3 leaves compiling out) =="
-python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --cuda-graphs --compile --repeats 3 2>&1 | tee "$OUT/grid15_cuda_compiled.txt"
+section 40 "Adam's step alone, one model's parameters, per implementation" && timeout 90 python3 bench/optimizer_step.py --device cuda
+section 40 "Adam's step alone, a stack of 10, per implementation" && timeout 90 python3 bench/optimizer_step.py --device cuda --models 10
 
-echo "== bench: classic loop vs dllab vs bare loop vs dllab compiled, cuda =="
-python3 bench/epoch_speed.py --device cuda --epochs 3 --compile 2>&1 | tee "$OUT/bench_cuda.txt"
+section 60 "bench: classic loop vs dllab vs bare loop vs dllab compiled, cuda" && \
+  timeout 150 python3 bench/epoch_speed.py --device cuda --epochs 2 --compile 2>&1 | tee "$OUT/bench_cuda.txt"
 
-echo "== test suite (CUDA present; the slow fault-injection runs are CPU-only and left to CI) =="
-python3 -m pytest -q -m "not slow" -p no:cacheprovider 2>&1 | tail -8
+section 60 "test suite (CUDA present; the slow fault-injection runs are CPU-only and left to CI)" && \
+  timeout $(($(left) - 5)) python3 -m pytest -q -x -m "not slow" -p no:cacheprovider 2>&1 | tail -8
+
+[ "$(left)" -lt 120 ] && { echo "== stopped: $(left) s left for the older checks =="; exit 0; }
 
 echo "== lab relu preset, 15 epochs, cuda =="
 python3 -m dl_lab train --config configs/relu.yaml --set device=cuda --json --runs-dir /tmp/runs > "$OUT/relu15.json" 2> "$OUT/relu15.log"
