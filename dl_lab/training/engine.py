@@ -162,8 +162,9 @@ class SingleNet:
     @classmethod
     def for_training(cls, members: list[Member], device: torch.device, graphed: bool) -> SingleNet:
         [member] = members
-        optimizer = OPTIMIZERS[member.config.optimizer.name].build(
-            member.model.parameters(), member.config.optimizer, device, graphed
+        config = member.config
+        optimizer = OPTIMIZERS[config.optimizer.name].build(
+            member.model.parameters(), config.optimizer, device, graphed, config.train.compile
         )
         return cls(member.model, optimizer)
 

@@ -268,7 +268,7 @@ class StackNet:
         self.stack = Stack([m.model for m in members], [m.config.model.dropout for m in members], device)
         config = members[0].config
         self.optimizer = OPTIMIZERS[config.optimizer.name].build(
-            self.stack.parameters(), config.optimizer, device, graphed
+            self.stack.parameters(), config.optimizer, device, graphed, config.train.compile
         )
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
