@@ -18,7 +18,7 @@ from conftest import FAST
 
 from dl_lab.cli.app import app
 from dl_lab.config.loader import load_config
-from dl_lab.training.device import bf16_products, cpu_flags, cpu_vendor
+from dl_lab.training.device import bf16_operands, bf16_products, cpu_flags, cpu_vendor
 
 
 def run_dirs(runs: Path) -> list[Path]:
@@ -41,6 +41,7 @@ def test_train_writes_the_four_files_and_prints_a_result(runner, fast_config, tm
     assert env["torch"] == torch.__version__ and env["python"] and "git" in env
     assert env["cpu_flags"] == cpu_flags()  # a CPU run names what its CPU does
     assert env["bf16_products"] is bf16_products()  # and what train.bf16_matmul does on it
+    assert env["bf16_operands"] is bf16_operands()
     assert env["onednn_stacks"] is (cpu_vendor() == "AuthenticAMD" and not bf16_products())  # auto
     can_flush = torch.set_flush_denormal(False)  # whether this CPU can (the run is over: resetting is harmless)
     assert env["flush_denormals"] is (cpu_vendor() == "GenuineIntel" and can_flush)

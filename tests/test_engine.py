@@ -10,7 +10,7 @@ from dl_lab.components.datasets import DataRoot, load_dataset
 from dl_lab.components.model import build_mlp
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.errors import ConfigError
-from dl_lab.training.device import bf16_products
+from dl_lab.training.device import bf16_operands, bf16_products
 from dl_lab.training.engine import BatchPlan, SequentialEngine, evaluate_model, train
 from dl_lab.training.events import Observer, Observers
 
@@ -376,8 +376,58 @@ def test_bf16_matmuls_train_to_the_fp32_result_within_noise_and_never_stack_with
     assert rounded.status == "completed"
     assert abs(rounded.final.test_acc - exact.final.test_acc) <= 0.02
     assert abs(rounded.final.train_loss - exact.final.train_loss) <= 0.05 * exact.final.train_loss
-    if bf16_products():  # oneDNN has a bf16 kernel for this CPU: the products were rounded
+    if bf16_products() or bf16_operands():  # this CPU rounds the products, or the operands, to bf16
         assert rounded.final.train_loss != exact.final.train_loss
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "a stack"])
+def test_where_bf16_matmul_rounds_the_operands_runs_train_within_noise_of_float32(monkeypatch, stacked):
+    """The AMD EPYC's way (avx512_bf16, no AMX): tried on any CPU by saying it is that CPU."""
+    from dl_lab.training import device as device_module
+    from dl_lab.training.stack import train_batched
+
+    monkeypatch.setattr(device_module, "bf16_operands", lambda: True)
+    seeds = (1, 2) if stacked else (1,)
+    plain = [make_config(seed=seed) for seed in seeds]
+    bf16 = [with_section(c, "train", bf16_matmul=True) for c in plain]
+    data = dataset(plain[0])
+
+    def run(configs):
+        return train_batched(configs, data, CPU, Quiet()) if stacked else [train(configs[0], data, CPU, Quiet())]
+
+    try:
+        exact, rounded = run(plain), run(bf16)
+    finally:
+        configure_math_default()
+    for one, other in zip(exact, rounded, strict=True):
+        assert other.status == "completed", other.error
+        assert abs(other.final.test_acc - one.final.test_acc) <= 0.02
+        assert abs(other.final.train_loss - one.final.train_loss) <= 0.05 * one.final.train_loss
+        assert other.final.train_loss != one.final.train_loss  # the operands were rounded
+
+
+@pytest.mark.parametrize(
+    "flags, products, bf16_matmul, device, expected",
+    [
+        (["avx512f", "avx512_bf16"], False, True, "cpu", True),  # the AMD EPYC: bf16 operands
+        (["avx512f", "avx512_bf16"], False, False, "cpu", False),  # ... only when asked
+        (["avx512f", "avx512_bf16", "amx_bf16"], True, True, "cpu", False),  # AMX: "medium" rounds the products
+        (["avx512f"], False, True, "cpu", False),  # no native bf16: the key changes no numbers
+        (["avx512f", "avx512_bf16"], False, True, "cuda", False),  # bf16_matmul is the CPU's
+    ],
+)
+def test_bf16_matmul_rounds_operands_only_where_the_cpu_multiplies_bf16_natively_but_medium_would_not(
+    monkeypatch, flags, products, bf16_matmul, device, expected
+):
+    from dl_lab.training import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(device_module, "bf16_products", lambda: products)
+    device_module.bf16_operands.cache_clear()
+    try:
+        assert device_module.matmul_operands_bf16(bf16_matmul, torch.device(device)) is expected
+    finally:
+        device_module.bf16_operands.cache_clear()
 
 
 def medium_matmul_error() -> float:

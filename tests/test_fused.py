@@ -202,3 +202,33 @@ def test_a_lone_models_dropout_mask_is_nn_dropouts():
     torch.manual_seed(5)
     mask = fused.dropout_mask(0.3)(torch.ones(100, 256))
     assert torch.equal(mask, reference) and set(mask.unique().tolist()) == {0.0, reference.max().item()}
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "a stack"])
+def test_bf16_operands_give_float32_losses_and_gradients_within_bf16_rounding_of_the_float32_pass(stacked):
+    """train.bf16_matmul where the CPU multiplies bf16 natively but "medium" precision would not
+    (Bf16LinearOp, Bf16StackedLinearOp): the same pass on rounded operands, everything it returns and
+    leaves in .grad float32."""
+    # tanh and unit-scale inputs: at relu's kink and in a saturated softmax a rounding can flip a unit
+    # on or off, and a gradient entry with it, so the bound would be about what the test can see there
+    models = [model_for(seed, dropout=0.0, activation="tanh") for seed in (1, 2, 3)]
+    inputs, targets = batch(4, count=3) if stacked else batch(2)
+    inputs = inputs / 8
+
+    def run(bf16: bool):
+        if stacked:
+            the_stack = Stack(models, [0.0] * 3, CPU)
+            ops = stack.fused_ops(the_stack, [], bf16)
+            assert [type(op).__name__ for op in ops[::2]] == ["Bf16StackedLinearOp" if bf16 else "StackedLinearOp"] * 3
+            loss, logits = fused.stacked_pass(ops)(inputs, targets)
+            return [loss, logits, *grads(the_stack.parameters())]
+        model = copy.deepcopy(models[0])
+        loss, logits = fused.single_pass(model, CPU, bf16)(inputs, targets)
+        return [loss, logits, *grads(model.parameters())]
+
+    exact, rounded = run(False), run(True)
+    assert len(exact) == len(rounded) == 2 + 6
+    for want, got in zip(exact, rounded, strict=True):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert (got - want).abs().max() <= 2e-2 * want.abs().max()  # bf16's 8-bit mantissa, through 3 layers
+        assert not torch.equal(got, want)  # the operands were rounded

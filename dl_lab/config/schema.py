@@ -184,10 +184,12 @@ class TrainConfig(Section):
     )
     bf16_matmul: bool = Field(
         False,
-        description="on CPU, compute float32 matmuls in bfloat16 (oneDNN; weights, gradients and results "
-        "stay float32; ~3e-3 relative precision) where oneDNN has a bf16 kernel for the CPU (AMX; on an AMD "
-        "EPYC with avx512_bf16 the products stay float32: env.json's bf16_products says which); "
-        "faster for stacked comparisons, not for one model; no effect on CUDA",
+        description="on CPU, compute float32 matmuls in bfloat16 (weights, gradients, optimizer state and "
+        "results stay float32; ~3e-3 relative precision): where oneDNN has a bf16 kernel for the CPU (AMX) "
+        "its products are rounded to bf16 inside the kernel; on a CPU with avx512_bf16 but no such kernel "
+        "(an AMD EPYC) the training step's matmuls take bf16 operands and give bf16 results, widened back "
+        "(env.json's bf16_products and bf16_operands say which); faster for stacked comparisons, not for "
+        "one model; no effect on CUDA",
     )
     tensorboard: bool = Field(
         False,

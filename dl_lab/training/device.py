@@ -91,6 +91,23 @@ def bf16_products() -> bool:
     return any(float(total) != 784 * (1 + 2**-10) for total in sums)
 
 
+@functools.cache
+def bf16_operands() -> bool:
+    """Whether ``train.bf16_matmul`` rounds the operands of the hand-written pass's matmuls to bf16 on this
+    CPU (fused.Bf16LinearOp): where the CPU multiplies bf16 natively (avx512_bf16) but "medium" precision
+    keeps float32 products (bf16_products false: an AMD EPYC, no AMX). There bf16 matmuls of the lab
+    MLP's shapes ran 2.0-2.3x as fast as float32 ones (345-430 against 153-187 GFLOP/s), and a
+    training step's matmuls, casts included, in 0.6-0.8x the time (docs/performance.md)."""
+    return "avx512_bf16" in cpu_flags() and not bf16_products()
+
+
+def matmul_operands_bf16(bf16_matmul: bool, device: torch.device) -> bool:
+    """Whether a unit's hand-written pass multiplies bf16 operands: train.bf16_matmul asked, on a CPU
+    where that is how it takes effect (bf16_operands); elsewhere the key acts through torch's
+    "medium" precision alone (configure_math), or not at all (CUDA)."""
+    return bf16_matmul and device.type == "cpu" and bf16_operands()
+
+
 def flush_denormals(device: torch.device, environ: Mapping[str, str]) -> bool:
     """Treat float32 values below 1.2e-38 (denormals) as zero in this process's CPU arithmetic
     (FTZ/DAZ) where that pays, and say whether it is on. Denormals appear where probabilities or Adam's

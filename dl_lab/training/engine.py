@@ -34,7 +34,7 @@ from dl_lab.config.schema import ExperimentConfig
 from dl_lab.signals import deferred
 from dl_lab.training.compiled import compile_step
 from dl_lab.training.cuda_graphs import GraphedSteps, StepBody, StepOut
-from dl_lab.training.device import stack_precision
+from dl_lab.training.device import matmul_operands_bf16, stack_precision
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.events import Observer
 from dl_lab.training.fused import single_pass
@@ -156,8 +156,9 @@ class Net(Protocol):
 class SingleNet:
     """One nn.Sequential trained as itself."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, bf16: bool = False) -> None:
         self.model, self.optimizer, self.loss_fn, self.count = model, optimizer, nn.CrossEntropyLoss(), 1
+        self.bf16 = bf16  # the hand-written pass multiplies bf16 operands (device.matmul_operands_bf16)
 
     @classmethod
     def for_training(cls, members: list[Member], device: torch.device, graphed: bool) -> SingleNet:
@@ -166,7 +167,7 @@ class SingleNet:
         optimizer = OPTIMIZERS[config.optimizer.name].build(
             member.model.parameters(), config.optimizer, device, graphed, config.train.compile
         )
-        return cls(member.model, optimizer)
+        return cls(member.model, optimizer, matmul_operands_bf16(config.train.bf16_matmul, device))
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
         """One optimization step on the samples at ``index``. With ``track_grads`` it also measures each Linear weight's gradient norm (a few small
@@ -180,7 +181,7 @@ class SingleNet:
             loss.backward()
             return loss.detach(), logits.detach()
 
-        forward_backward = single_pass(model, split.x.device) or autograd_pass
+        forward_backward = single_pass(model, split.x.device, self.bf16) or autograd_pass
 
         def body(index: torch.Tensor) -> StepOut:
             inputs, targets = split.x.index_select(0, index), split.y.index_select(0, index)

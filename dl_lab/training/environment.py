@@ -14,7 +14,14 @@ from typing import Any
 import torch
 
 import dl_lab
-from dl_lab.training.device import bf16_products, cpu_flags, denormals_flushed, device_name, onednn_stacks
+from dl_lab.training.device import (
+    bf16_operands,
+    bf16_products,
+    cpu_flags,
+    denormals_flushed,
+    device_name,
+    onednn_stacks,
+)
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
@@ -57,7 +64,8 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,
-        "bf16_products": bf16_products() if device.type == "cpu" else None,  # what train.bf16_matmul does here
+        "bf16_products": bf16_products() if device.type == "cpu" else None,  # what train.bf16_matmul does here:
+        "bf16_operands": bf16_operands() if device.type == "cpu" else None,  # rounds products, or operands, or neither
         "onednn_stacks": onednn_stacks() if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
         "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
         "cpu_threads": torch.get_num_threads(),

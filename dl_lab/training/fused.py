@@ -58,6 +58,25 @@ class LinearOp:
         return None if self.first else grad.mm(self.weight)
 
 
+class Bf16LinearOp(LinearOp):
+    """LinearOp with its matmuls on bf16 operands (train.bf16_matmul where the CPU multiplies bf16 natively
+    but torch's "medium" precision keeps float32 products: device.matmul_operands). The input, the weight
+    (once a step, kept for the input gradient) and the output gradient are rounded to bf16; each matmul
+    accumulates in float32 and returns bf16, which is widened back: weights, gradients, biases and
+    optimizer state stay float32, as under torch.autocast."""
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        low = h.to(torch.bfloat16), self.weight.to(torch.bfloat16)
+        return torch.mm(low[0], low[1].t()).to(h.dtype).add_(self.bias), low
+
+    def backward(self, grad: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        h, weight = saved
+        low = grad.to(torch.bfloat16)
+        self.weight.grad = low.t().mm(h).to(grad.dtype)
+        self.bias.grad = grad.sum(0)
+        return None if self.first else low.mm(weight).to(grad.dtype)
+
+
 class StackedLinearOp:
     """M Linear layers, weights (M, in, out) and biases (M, out): baddbmm and BaddbmmBackward's formulas."""
 
@@ -71,6 +90,21 @@ class StackedLinearOp:
         self.weight.grad = saved.transpose(1, 2).bmm(grad)
         self.bias.grad = grad.sum(1)
         return None if self.first else grad.bmm(self.weight.transpose(1, 2))
+
+
+class Bf16StackedLinearOp(StackedLinearOp):
+    """StackedLinearOp on bf16 operands, as Bf16LinearOp."""
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        low = h.to(torch.bfloat16), self.weight.to(torch.bfloat16)
+        return torch.bmm(*low).to(h.dtype).add_(self.bias.unsqueeze(1)), low
+
+    def backward(self, grad: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        h, weight = saved
+        low = grad.to(torch.bfloat16)
+        self.weight.grad = h.transpose(1, 2).bmm(low).to(grad.dtype)
+        self.bias.grad = grad.sum(1)
+        return None if self.first else low.bmm(weight.transpose(1, 2)).to(grad.dtype)
 
 
 class ElementwiseOp:
@@ -295,14 +329,16 @@ def used_on(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def single_pass(model: nn.Sequential, device: torch.device) -> Pass | None:
-    """The hand-written pass for one nn.Sequential with mean cross-entropy, or None where it keeps autograd."""
+def single_pass(model: nn.Sequential, device: torch.device, bf16: bool = False) -> Pass | None:
+    """The hand-written pass for one nn.Sequential with mean cross-entropy, or None where it keeps autograd;
+    ``bf16``: its matmuls on bf16 operands (Bf16LinearOp)."""
     if not used_on(device):
         return None
     ops: list[Op] = []
+    linear = Bf16LinearOp if bf16 else LinearOp
     for layer in model:
         if isinstance(layer, nn.Linear):
-            ops.append(LinearOp(layer.weight, layer.bias, first=not ops))
+            ops.append(linear(layer.weight, layer.bias, first=not ops))
         elif isinstance(layer, nn.Dropout):
             ops.append(MaskOp(dropout_mask(layer.p)))
         elif (op := BatchNormOp.of(layer) or elementwise(layer)) is not None:

@@ -28,10 +28,12 @@ from dl_lab.components.plain_optim import plain_step
 from dl_lab.components.sampling import bernoulli_draws
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
+from dl_lab.training.device import matmul_operands_bf16
 from dl_lab.training.engine import Member, train, train_unit
 from dl_lab.training.events import Observer
 from dl_lab.training.fused import (
     BatchNormOp,
+    Bf16StackedLinearOp,
     MaskOp,
     Op,
     StackedLinearOp,
@@ -240,12 +242,14 @@ class Stack:
                     stacked.copy_into(layer, index)
 
 
-def fused_ops(stack: Stack, streams: Sequence[torch.Generator]) -> list[Op] | None:
-    """The stack's layers as the hand-written pass's ops (fused.py), or None where it keeps autograd."""
+def fused_ops(stack: Stack, streams: Sequence[torch.Generator], bf16: bool = False) -> list[Op] | None:
+    """The stack's layers as the hand-written pass's ops (fused.py), or None where it keeps autograd;
+    ``bf16``: matmuls on bf16 operands (Bf16StackedLinearOp)."""
     ops: list[Op] = []
+    linear = Bf16StackedLinearOp if bf16 else StackedLinearOp
     for layer in stack.layers:
         if isinstance(layer, StackedLinear):
-            ops.append(StackedLinearOp(layer.weight, layer.bias, first=not ops))
+            ops.append(linear(layer.weight, layer.bias, first=not ops))
         elif isinstance(layer, StackedDropout):
             ops.append(MaskOp(lambda h, dropout=layer: dropout.mask(h, streams)))
         elif isinstance(layer, StackedBatchNorm):
@@ -270,6 +274,7 @@ class StackNet:
         self.optimizer = OPTIMIZERS[config.optimizer.name].build(
             self.stack.parameters(), config.optimizer, device, graphed, config.train.compile
         )
+        self.bf16 = matmul_operands_bf16(config.train.bf16_matmul, device)  # part of the batch key: all agree
 
     def step(self, split: Split, track_grads: bool) -> StepBody:
         """One optimization step of every model; ``index`` holds model 0's batch, then model 1's, ...
@@ -289,7 +294,7 @@ class StackNet:
             per_model.sum().backward()  # the models share no parameters: each gets its own gradient
             return per_model.detach(), logits.detach()
 
-        ops = fused_ops(stack, streams) if used_on(split.x.device) else None
+        ops = fused_ops(stack, streams, self.bf16) if used_on(split.x.device) else None
         forward_backward = autograd_pass if ops is None else stacked_pass(ops)
 
         def body(index: torch.Tensor) -> StepOut:
