@@ -5,12 +5,14 @@
 (c) floor:   a bare loop over preloaded tensors with index-slice batches, the same maths
 (d) with --compile: dllab's engine with train.compile (torch.compile of the step; its first epoch
     includes compiling, printed apart, and the median of 3+ epochs leaves it out)
+(e) with --bf16: dllab's engine with train.bf16_matmul (what it does depends on the CPU: env.json's
+    bf16_products and bf16_operands)
 
 Each epoch includes one evaluation of the 10k test images, for all three. With --rounds R the three
 pipelines take turns R times (the order rotating each round), and the ratios are taken within each
 round, so a machine that gets busier or quieter over the minutes shifts all three alike. Prints each
 round's median seconds per epoch and ratios, and the median ratios over the rounds.
-Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--rounds 1] [--device cpu] [--compile]
+Usage: DLLAB_DATA_DIR=../shared/data python bench/epoch_speed.py [--epochs 3] [--rounds 1] [--device cpu] [--compile] [--bf16]
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def classic(root: str, device: torch.device, epochs: int) -> list[float]:
     return times
 
 
-def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = False) -> list[float]:
+def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = False, bf16: bool = False) -> list[float]:
     from dl_lab.components.datasets import DataRoot, load_dataset
     from dl_lab.config.schema import ExperimentConfig
     from dl_lab.training.engine import Observer, train
@@ -80,7 +82,7 @@ def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = Fal
             "name": "bench",
             "data": {"download": False},
             "model": {"init": "xavier_uniform"},
-            "train": {"epochs": epochs, "compile": compile_step},
+            "train": {"epochs": epochs, "compile": compile_step, "bf16_matmul": bf16},
         }
     )
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
@@ -89,7 +91,7 @@ def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = Fal
     if result.status != "completed":
         raise SystemExit(f"dllab{' compiled' if compile_step else ''}: the run {result.status}: {result.error}")
     seconds = [m.seconds for m in result.history]
-    label = "dllab compiled" if compile_step else "dllab"
+    label = "dllab compiled" if compile_step else "dllab bf16" if bf16 else "dllab"
     print(f"  {label}: last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
     if compile_step:
         print(f"  {label}: first epoch {seconds[0]:.2f} s (compiling the step), then {seconds[1:]}")
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", default=os.environ.get("DLLAB_DATA_DIR", "../shared/data"))
     parser.add_argument("--compile", action="store_true", help="add dllab's engine with train.compile")
+    parser.add_argument("--bf16", action="store_true", help="add dllab's engine with train.bf16_matmul")
     args = parser.parse_args()
     device = torch.device(args.device)
     from dl_lab.training.device import hardware
@@ -143,7 +146,9 @@ def main() -> None:
     pipelines = [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]
     if args.compile:
         pipelines.append(("dllab compiled", functools.partial(dllab, compile_step=True)))
-    speedups, overheads, compiled = [], [], []
+    if args.bf16:
+        pipelines.append(("dllab bf16", functools.partial(dllab, bf16=True)))
+    speedups, overheads, compiled, bf16 = [], [], [], []
     for round_ in range(args.rounds):
         turn = pipelines[round_ % len(pipelines) :] + pipelines[: round_ % len(pipelines)]
         medians = {label: statistics.median(fn(args.root, device, args.epochs)) for label, fn in turn}
@@ -157,6 +162,9 @@ def main() -> None:
         if args.compile:
             compiled.append(medians["dllab compiled"] / medians["dllab engine"])
             print(f"         dllab compiled / dllab: {compiled[-1]:.2f}")
+        if args.bf16:
+            bf16.append(base / medians["dllab bf16"])
+            print(f"         classic / dllab bf16: {bf16[-1]:.2f}x")
     if args.rounds > 1:
         print(
             f"\nover {args.rounds} rounds: classic / dllab {statistics.median(speedups):.2f}x "
@@ -166,6 +174,9 @@ def main() -> None:
         if compiled:
             each = ", ".join(f"{r:.2f}" for r in compiled)
             print(f"dllab compiled / dllab {statistics.median(compiled):.2f} (each: {each})")
+        if bf16:
+            each = ", ".join(f"{r:.2f}" for r in bf16)
+            print(f"classic / dllab bf16 {statistics.median(bf16):.2f}x (each: {each})")
 
 
 if __name__ == "__main__":
