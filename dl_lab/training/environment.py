@@ -64,8 +64,9 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,
-        "bf16_products": bf16_products() if device.type == "cpu" else None,  # what train.bf16_matmul does here:
-        "bf16_operands": bf16_operands() if device.type == "cpu" else None,  # rounds products, or operands, or neither
+        # what train.bf16_matmul rounds to bf16 here: the products (AMX), the operands (avx512_bf16 alone), or neither
+        "bf16_products": bf16_products() if device.type == "cpu" else None,
+        "bf16_operands": bf16_operands() if device.type == "cpu" else None,
         "onednn_stacks": onednn_stacks() if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
         "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
         "cpu_threads": torch.get_num_threads(),

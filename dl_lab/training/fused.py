@@ -7,6 +7,9 @@ what its backward pass needs, and the backward pass calls the ATen kernels autog
 (mm/bmm in the same operand order, threshold_backward, sigmoid_backward, nll_loss_backward,
 _log_softmax_backward_data, ...), so each gradient is bitwise the one ``loss.backward()`` would leave
 in ``.grad`` (tests/test_fused.py checks this for every activation, dropout and the stacked layout).
+The one exception is asked for: with train.bf16_matmul on a CPU that multiplies bf16 natively but
+whose "medium" precision keeps float32 products, the Linear layers' matmuls take bf16 operands
+(Bf16LinearOp, Bf16StackedLinearOp).
 
 Used for training steps on the CPU only: on CUDA the step is launch-bound and keeps autograd (and CUDA
 graphs) until measured on a GPU. A model with a layer not handled here (an activation ``elementwise``
@@ -60,7 +63,7 @@ class LinearOp:
 
 class Bf16LinearOp(LinearOp):
     """LinearOp with its matmuls on bf16 operands (train.bf16_matmul where the CPU multiplies bf16 natively
-    but torch's "medium" precision keeps float32 products: device.matmul_operands). The input, the weight
+    but torch's "medium" precision keeps float32 products: device.matmul_operands_bf16). The input, the weight
     (once a step, kept for the input gradient) and the output gradient are rounded to bf16; each matmul
     accumulates in float32 and returns bf16, which is widened back: weights, gradients, biases and
     optimizer state stay float32, as under torch.autocast."""
