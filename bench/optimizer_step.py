@@ -3,7 +3,7 @@ implementation, side by side in one process.
 
 On a GPU a captured training step of this model spends about a third of its time in fused Adam's
 one kernel (tools: bench/step_profile.py): torch's multi-tensor kernels give each block a 65,536-
-element chunk, so 270,000 parameters keep 5 of the GPU's 132 multiprocessors busy. This compares:
+element chunk, so 270,000 parameters keep 5 of an H200's 132 multiprocessors busy. This compares:
 
 - fused:          Adam(fused=True), what dllab builds
 - foreach:        Adam(foreach=True), a few multi-tensor kernels
@@ -24,6 +24,8 @@ import argparse
 import time
 
 import torch
+
+from dl_lab.training.device import hardware
 
 SHAPES = [(256, 784), (256,), (256, 256), (256,), (10, 256), (10,)]
 PER_GRAPH = 25
@@ -88,7 +90,7 @@ def main() -> None:
     ]
     if not args.no_compile:
         variants.append(("compiled foreach", False, {"foreach": True, "compile": True}))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = hardware(device)  # the GPU's name, or the CPU's kind and flags
     count = sum(torch.Size(s).numel() for s in SHAPES) * args.models
     print(f"{name}, torch {torch.__version__}: Adam over {args.models} model(s), {count:,} parameters")
     results: dict[str, float] = {}

@@ -6,7 +6,7 @@ which fuses its elementwise work into fewer kernels. It is meant for the GPU, wh
 small MLP is a few dozen tiny kernels; on an H200, captured, it took 0.12-0.13 s an epoch against
 0.13-0.14 eager, after about 14 s of compiling, with fused Adam's own kernel a third of the step. So
 on CUDA a compiled step's optimizer is the foreach one, whose update inductor fuses
-(components/optimizers.py). On a 2-core CPU it gave no speed-up, after 2-23 s of compiling
+(components/optimizers.py). On a 2-core Intel Xeon it gave no speed-up, after 2-23 s of compiling
 (docs/performance.md).
 
 - Dropout masks: inductor would draw them with its own generator; ``fallback_random`` makes it call

@@ -58,7 +58,7 @@ def hardware(device: torch.device) -> str:
     return device_name(device) if device.type == "cuda" else cpu_kind()
 
 
-NOTABLE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # fp32 width; bf16 instructions (used or not: bf16_products)
+NOTABLE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # fp32 width; bf16 instructions (bf16_products, bf16_operands)
 
 
 def cpu_flags() -> list[str]:
