@@ -10,18 +10,22 @@ element chunk, so 270,000 parameters keep 5 of an H200's 132 multiprocessors bus
 - single:         Adam(foreach=False), a handful of plain elementwise kernels per parameter
 - flat single:    the same parameters as one flat tensor (what views into one buffer would give)
 - flat fused:     one flat tensor, fused kernel
+- sliced fused:   one flat buffer each for parameters, gradients and moments, handed to the fused kernel
+                  as --slice-element views (one block each: more multiprocessors busy), one shared step
+                  count; the same update bit for bit (checked here against fused)
 - compiled foreach: torch.compile of foreach Adam's step (inductor fuses it); with --no-compile left out
 
 Capturable on CUDA (CPU Adam cannot be). On CUDA each variant's steps are captured in a CUDA graph (25 per graph) and replayed,
 timed by CUDA events; on the CPU they run eagerly. Prints microseconds per step and the ratio to fused.
 
-Usage: python bench/optimizer_step.py [--device cuda] [--models 1] [--steps 500] [--no-compile]
+Usage: python bench/optimizer_step.py [--device cuda] [--models 1] [--steps 500] [--slice 8192] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -41,6 +45,27 @@ def parameters(models: int, flat: bool, device: torch.device) -> list[torch.Tens
     for p in params:
         p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-2
     return params
+
+
+def sliced_fused(models: int, device: torch.device, size: int) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """Adam's fused kernel over ``size``-element views of flat buffers; returns the step and the
+    parameters as the SHAPES-shaped views (to compare with another variant's)."""
+    [flat] = parameters(models, True, device)
+    param, grad = flat.detach(), flat.grad
+    moments = torch.zeros_like(param), torch.zeros_like(param)
+    count = torch.zeros((), device=device)  # one step count for every slice
+    cut = lambda buffer: list(buffer.split(size))
+    params, grads, exp_avgs, exp_avg_sqs = cut(param), cut(grad), cut(moments[0]), cut(moments[1])
+    steps = [count] * len(params)
+
+    def step() -> None:
+        count.add_(1)
+        torch._fused_adam_(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=1e-3, beta1=0.9, beta2=0.999,
+            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False,
+        )  # fmt: skip
+
+    return step, [param]
 
 
 def timed(step, device: torch.device, steps: int) -> float:
@@ -78,6 +103,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", type=int, default=1)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--slice", type=int, default=8192, help="elements per view of the sliced variant")
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -87,6 +113,7 @@ def main() -> None:
         ("single", False, {"foreach": False}),
         ("flat single", True, {"foreach": False}),
         ("flat fused", True, {"fused": True}),
+        ("sliced fused", True, {}),
     ]
     if not args.no_compile:
         variants.append(("compiled foreach", False, {"foreach": True, "compile": True}))
@@ -94,20 +121,31 @@ def main() -> None:
     count = sum(torch.Size(s).numel() for s in SHAPES) * args.models
     print(f"{name}, torch {torch.__version__}: Adam over {args.models} model(s), {count:,} parameters")
     results: dict[str, float] = {}
+    finals: dict[str, torch.Tensor] = {}
     for label, flat, options in variants:
         options = dict(options)
         compile_it = options.pop("compile", False)
         try:
-            optimizer = torch.optim.Adam(
-                parameters(args.models, flat, device), lr=1e-3, capturable=device.type == "cuda", **options
-            )
-            step = torch.compile(optimizer.step) if compile_it else optimizer.step
+            if label == "sliced fused":
+                step, params = sliced_fused(args.models, device, args.slice)
+            else:
+                params = parameters(args.models, flat, device)
+                optimizer = torch.optim.Adam(params, lr=1e-3, capturable=device.type == "cuda", **options)
+                step = torch.compile(optimizer.step) if compile_it else optimizer.step
             results[label] = timed(step, device, args.steps)
+            finals[label] = torch.cat([p.detach().reshape(-1) for p in params]).cpu()
         except Exception as error:  # a variant this torch or device cannot run is reported, not fatal
             print(f"  {label:<18} failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
             continue
         ratio = results[label] / results["fused"] if "fused" in results else float("nan")
-        print(f"  {label:<18} {results[label]:9.1f} us per step   {ratio:5.2f} x fused")
+        same = ""
+        if label == "sliced fused" and "flat fused" in finals:  # both took the same number of steps
+            same = (
+                "   same parameters as flat fused"
+                if torch.equal(finals[label], finals["flat fused"])
+                else "   DIFFERENT parameters"
+            )
+        print(f"  {label:<18} {results[label]:9.1f} us per step   {ratio:5.2f} x fused{same}")
 
 
 if __name__ == "__main__":
