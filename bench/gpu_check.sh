@@ -67,6 +67,8 @@ section 30 "where a step's time goes: relu, one model, captured" && timeout 60 p
 section 30 "where a step's time goes: relu, a stack of 10, captured" && timeout 60 python3 bench/step_profile.py --device cuda --models 10 --cuda-graphs --top 12
 section 60 "where a step's time goes: relu, one model, captured and compiled" && timeout 90 python3 bench/step_profile.py --device cuda --cuda-graphs --compile --top 12
 
+section 30 "the diagnostics probe of a stack of 10: one pass against one probe per model" && timeout 60 python3 bench/stack_probe.py --device cuda
+
 section 40 "Adam's step alone, one model's parameters, per implementation" && timeout 90 python3 bench/optimizer_step.py --device cuda
 section 40 "Adam's step alone, a stack of 10, per implementation" && timeout 90 python3 bench/optimizer_step.py --device cuda --models 10
 

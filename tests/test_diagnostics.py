@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from dl_lab.components.datasets import DataRoot, Split, load_dataset
 from dl_lab.components.model import build_mlp, linear_layers
 from dl_lab.config.schema import ExperimentConfig, ModelConfig
 from dl_lab.training.cuda_graphs import StepOut
-from dl_lab.training.diagnostics import probe
+from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.engine import (
     AllDiverged,
     BatchPlan,
@@ -27,6 +28,7 @@ from dl_lab.training.engine import (
     train_epoch,
 )
 from dl_lab.training.results import warnings_for
+from dl_lab.training.stack import train_batched
 
 CPU = torch.device("cpu")
 
@@ -91,6 +93,65 @@ def test_diagnostics_do_not_change_what_is_trained_and_land_in_the_metrics():
     )
     assert "train_grad_norm_1" not in on.final.as_dict()
     assert {"train_grad_norm_1", "train_grad_norm_3"} <= set(steps.final.as_dict())
+
+
+def stack_configs(**train) -> list[ExperimentConfig]:
+    """Three runs that stack: two activations (one saturating), batch norm, dropout, and a zero init."""
+    base, data = synthetic(
+        model={"hidden": [32, 16], "batchnorm": {"position": "after"}, "dropout": 0.2}, train={"epochs": 2, **train}
+    )
+    variants = [("relu", "xavier_uniform"), ("sigmoid", "normal"), ("relu", "zeros")]
+    runs = [with_section(base, "model", activation=a, init=i) for a, i in variants]
+    return [run.model_copy(update={"seed": seed}) for seed, run in enumerate(runs, start=1)], data
+
+
+def test_a_stack_is_probed_in_one_pass_with_each_models_own_numbers(monkeypatch):
+    """StackNet.diagnose: one forward and backward over the stack and one unique per hidden layer for all
+    models, giving each model what probing it alone gives, up to float rounding."""
+    configs, data = stack_configs()
+    uniques = []
+    real_unique = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda *a, **k: uniques.append(1) or real_unique(*a, **k))
+
+    class Finished(Observer):
+        def __init__(self) -> None:
+            self.models: list[torch.nn.Module] = []
+
+        def run_finished(self, run, model, data) -> None:
+            self.models.append(copy.deepcopy(model))
+
+    finished = Finished()
+    results = train_batched(configs, data, CPU, finished)
+    assert len(uniques) == 2 * 2  # two epochs, two hidden layers: not one per model
+    x, y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
+    for config, model, result in zip(configs, finished.models, results, strict=True):
+        alone, stacked = (
+            probe(model, torch.nn.CrossEntropyLoss(), x, y, config.model.activation),
+            result.final.diagnostics,
+        )
+        for name in ("grad_norm", "weight_norm", "activation_mean", "activation_std"):
+            assert getattr(stacked, name) == pytest.approx(getattr(alone, name), rel=1e-5, abs=1e-7), name
+        for name in ("saturated_fraction", "dead_fraction"):  # a value on a threshold may round across it
+            assert getattr(stacked, name) == pytest.approx(getattr(alone, name), abs=1e-3), name
+        assert stacked.symmetric_fraction == alone.symmetric_fraction
+        for mine, its in zip(stacked.histograms, alone.histograms, strict=True):
+            assert mine["edges"] == pytest.approx(its["edges"], rel=1e-6)
+            assert sum(mine["counts"]) == sum(its["counts"])
+            assert sum(abs(a - b) for a, b in zip(mine["counts"], its["counts"])) <= 4
+    relu, sigmoid, zeros = (r.final.diagnostics for r in results)
+    assert sigmoid.saturated_fraction[0] > 0.1 and relu.saturated_fraction == (0.0, 0.0)
+    assert zeros.symmetric_fraction == (1.0, 1.0) and relu.symmetric_fraction == (0.0, 0.0)
+
+
+def test_probing_a_stack_changes_nothing_it_trains():
+    """The probe runs in eval mode with autograd.grad: no dropout mask drawn from a model's stream, no
+    batch-norm statistic or gradient touched, so a stack trains the same with diagnostics on or off."""
+    configs, data = stack_configs(diagnostics=False)
+    off = train_batched(configs, data, CPU, Observer())
+    on = train_batched([with_section(c, "train", diagnostics=True) for c in configs], data, CPU, Observer())
+    strip = lambda r: [(m.train_loss, m.test_loss, m.test_acc) for m in r.history]
+    assert [strip(r) for r in on] == [strip(r) for r in off]
+    assert all(r.final.diagnostics is None for r in off) and all(r.final.diagnostics for r in on)
 
 
 def test_the_step_gradient_norms_are_those_of_the_model_being_trained():

@@ -149,8 +149,14 @@ class Net(Protocol):
         """The generators a training step draws from besides the device's default one (registered with a
         CUDA graph, and restored after its warm-up)."""
 
+    def diagnose(
+        self, inputs: torch.Tensor, targets: torch.Tensor, activations: Sequence[str], which: Sequence[int]
+    ) -> list[Diagnostics]:
+        """The diagnostics probe (diagnostics.py) of the runs at ``which``, in that order, on one probe
+        batch; each run's activation named in ``activations``."""
+
     def models(self) -> list[nn.Sequential]:
-        """Each run's model with the current weights (for diagnostics and run_finished)."""
+        """Each run's model with the current weights (for run_finished)."""
 
 
 class SingleNet:
@@ -198,6 +204,11 @@ class SingleNet:
 
     def set_training(self, mode: bool) -> None:
         self.model.train(mode)
+
+    def diagnose(
+        self, inputs: torch.Tensor, targets: torch.Tensor, activations: Sequence[str], which: Sequence[int]
+    ) -> list[Diagnostics]:
+        return [probe(self.model, self.loss_fn, inputs, targets, activations[0]) for _ in which]
 
     def graph_state(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.model.buffers()]
@@ -329,7 +340,7 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
         body = compile_step(body)  # compiled on its first call (with cuda_graphs: in the capture's warm-up)
     steps = _capture(net, body, plan, len(members), data.train.x.device, track) if graphed else None
     probe_x, probe_y = data.train.x[:PROBE_SIZE], data.train.y[:PROBE_SIZE]
-    loss_fn = nn.CrossEntropyLoss()
+    activations = [member.config.model.activation for member in members]
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
         net.set_training(True)
@@ -345,12 +356,8 @@ def fit(net: Net, members: list[Member], data: Dataset, plan: BatchPlan, observe
             )
         )
         live = _finite_evaluations(members, values, epoch, plan)
-        models = net.models()
         diagnostics = (
-            {
-                index: probe(models[index], loss_fn, probe_x, probe_y, members[index].config.model.activation)
-                for index in live
-            }
+            dict(zip(live, net.diagnose(probe_x, probe_y, activations, live), strict=True))
             if settings.diagnostics
             else {}
         )

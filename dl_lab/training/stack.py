@@ -29,6 +29,7 @@ from dl_lab.components.sampling import bernoulli_draws
 from dl_lab.config.schema import ExperimentConfig
 from dl_lab.training.cuda_graphs import StepBody, StepOut
 from dl_lab.training.device import matmul_operands_bf16
+from dl_lab.training.diagnostics import summarize
 from dl_lab.training.engine import Member, train, train_unit
 from dl_lab.training.events import Observer
 from dl_lab.training.fused import (
@@ -43,7 +44,7 @@ from dl_lab.training.fused import (
     uncolumns,
     used_on,
 )
-from dl_lab.training.results import TrainResult
+from dl_lab.training.results import Diagnostics, TrainResult
 from dl_lab.training.stackable import DEFAULT_GROUPING, plan_batches
 
 
@@ -235,7 +236,7 @@ class Stack:
         return [tensor for layer in self.layers for tensor in layer.buffers()]
 
     def copy_into(self, models: Sequence[nn.Sequential]) -> None:
-        """Copy the stacked state back into the per-model modules (for diagnostics and hooks)."""
+        """Copy the stacked state back into the per-model modules (for run_finished observers)."""
         with torch.no_grad():
             for index, model in enumerate(models):
                 for layer, stacked in zip(model, self.layers, strict=True):
@@ -322,6 +323,32 @@ class StackNet:
 
     def set_training(self, mode: bool) -> None:
         """The stacked forward takes the mode per call: training steps train, evaluation evaluates."""
+
+    def diagnose(
+        self, inputs: torch.Tensor, targets: torch.Tensor, activations: Sequence[str], which: Sequence[int]
+    ) -> list[Diagnostics]:
+        """Every model's probe in one pass over the stack (eval mode, autograd.grad: no dropout masks drawn,
+        no batch-norm statistics or .grad touched), one sort per hidden layer for all models (a host sync
+        each on a GPU) and one transfer, instead of all of that per model; the numbers are each model's
+        own probe's up to float rounding (batched matmuls)."""
+        stack, count = self.stack, self.count
+        outputs = []
+        with torch.enable_grad():
+            h = inputs.expand(count, -1, -1)
+            for layer in stack.layers:
+                h = layer.forward(h, False, [])
+                if isinstance(layer, StackedActivation):
+                    outputs.append(h.detach())
+            losses = F.cross_entropy(h.reshape(-1, h.shape[-1]), targets.repeat(count), reduction="none")
+            grads = torch.autograd.grad(losses.view(count, -1).mean(1).sum(), stack.weights)
+        linears = [layer for layer in stack.layers if isinstance(layer, StackedLinear)]
+        return summarize(
+            grads,
+            [(layer.weight.detach().transpose(1, 2), layer.bias.detach()) for layer in linears],
+            outputs,
+            activations,
+            which,
+        )
 
     def graph_state(self) -> list[torch.Tensor]:
         return [*self.stack.parameters(), *self.stack.buffers()]
