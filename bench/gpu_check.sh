@@ -46,6 +46,7 @@ print('first epoch', round(epochs[0], 3), f'the other {len(epochs) - 1}:', round
 }
 section 30 "issue 14: the 15-epoch relu preset captured (target: 1.0 s of training)" && relu15 60
 section 90 "issue 14: the 15-epoch relu preset captured and compiled (train.compile)" && relu15 150 --set train.compile=true
+section 30 "issue 14: the 15-epoch relu preset captured, TF32 matmuls (train.tf32, opt-in: changes the numbers)" && relu15 60 --set train.tf32=true
 
 section 90 "issue 14: the 15-epoch 2 x 5 grid captured, one stack of 10, a stack per variant, compiled (target 2.0 s; median of 3)" && \
   timeout 240 python3 bench/compare_engines.py --device cuda --epochs 15 --seeds 5 --init preset --cuda-graphs --compile --no-sequential --repeats 3 2>&1 | tee "$OUT/grid15_cuda.txt"
