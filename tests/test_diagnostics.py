@@ -16,7 +16,7 @@ from dl_lab.components.datasets import DataRoot, Split, load_dataset
 from dl_lab.components.model import build_mlp, linear_layers
 from dl_lab.config.schema import ExperimentConfig, ModelConfig
 from dl_lab.training.cuda_graphs import StepOut
-from dl_lab.training.diagnostics import PROBE_SIZE, probe
+from dl_lab.training.diagnostics import PROBE_SIZE, probe, summarize
 from dl_lab.training.engine import (
     AllDiverged,
     BatchPlan,
@@ -141,6 +141,28 @@ def test_a_stack_is_probed_in_one_pass_with_each_models_own_numbers(monkeypatch)
     relu, sigmoid, zeros = (r.final.diagnostics for r in results)
     assert sigmoid.saturated_fraction[0] > 0.1 and relu.saturated_fraction == (0.0, 0.0)
     assert zeros.symmetric_fraction == (1.0, 1.0) and relu.symmetric_fraction == (0.0, 0.0)
+
+
+def test_a_diverged_model_of_a_stack_is_left_out_of_the_probe_before_it_is_measured(monkeypatch):
+    """summarize(which=...) reports the live models only, as if the others were not there; a diverged
+    model's nan weights never reach torch.unique (whose sort has no order for nan)."""
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 16, 8, generator=generator), torch.randn(3, 4, 16, generator=generator)]
+    linears = [(torch.randn(3, 16, 8, generator=generator), torch.randn(3, 16, generator=generator))]
+    linears.append((torch.randn(3, 4, 16, generator=generator), torch.randn(3, 4, generator=generator)))
+    outputs = [torch.rand(3, 32, 16, generator=generator)]
+    for tensor in (grads[0], linears[0][0], outputs[0]):
+        tensor[1] = float("nan")  # model 1 diverged
+    activations = ["relu", "sigmoid", "tanh"]
+    sorted_rows = []
+    real_unique = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda rows, **k: sorted_rows.append(rows) or real_unique(rows, **k))
+    reported = summarize(grads, linears, outputs, activations, which=[2, 0])
+    assert sorted_rows and not any(rows.isnan().any() for rows in sorted_rows)
+    alone = [summarize([g[m : m + 1] for g in grads], [(w[m : m + 1], b[m : m + 1]) for w, b in linears],
+                       [o[m : m + 1] for o in outputs], [activations[m]])[0] for m in (2, 0)]  # fmt: skip
+    assert reported == alone
+    assert reported[0].histograms[0]["edges"] == [-1.0, 1.0]  # model 2's tanh limits, in the order asked
 
 
 def test_probing_a_stack_changes_nothing_it_trains():

@@ -72,8 +72,14 @@ def summarize(
     layer's torch.unique waits for the device as well): per Linear layer its weight's
     gradient on the probe batch (M, ...) and its (weight (M, out, in), bias (M, out)); per hidden layer
     the activation outputs (M, samples, features); each model's activation. ``which``: the models to
-    report (default all), in that order; the others' numbers (a diverged model's nan) are not read."""
-    which = range(len(activations)) if which is None else which
+    report (default all), in that order; the others are left out before anything is computed."""
+    if which is not None and list(which) != list(range(len(activations))):
+        # only the reported models go on: a diverged one's nan rows would break torch.unique's sort
+        pick = torch.tensor(list(which), dtype=torch.long, device=grads[0].device)
+        grads = [g.index_select(0, pick) for g in grads]
+        linears = [(weight.index_select(0, pick), bias.index_select(0, pick)) for weight, bias in linears]
+        outputs = [out.index_select(0, pick) for out in outputs]
+        activations = [activations[m] for m in which]
     with torch.no_grad():
         numbers = [torch.stack([_norms(g) for g in grads]), torch.stack([_norms(weight) for weight, _ in linears])]
         bounds = [ACTIVATIONS[name].meta.get("bounds") for name in activations]
@@ -83,14 +89,14 @@ def summarize(
             torch.stack(
                 [
                     torch.histc((out[m] - low[m]) / (high[m] - low[m]).clamp_min(1e-12), HISTOGRAM_BINS, 0.0, 1.0)
-                    for m in which
+                    for m in range(len(activations))
                 ]
-            ).T  # (bins, reported models)
+            ).T  # (bins, M)
             for out, (low, high) in zip(outputs, ranges)
         ]
         edges = [torch.stack([low, high]) for low, high in ranges]  # (2, M)
         # (rows, M): every number of every model, read in one transfer
-        table = torch.cat([*numbers, *per_layer, *edges]).to(torch.float64)[:, list(which)]
+        table = torch.cat([*numbers, *per_layer, *edges]).to(torch.float64)
         flat = torch.cat([table, *(h.to(torch.float64) for h in histograms)]).T.tolist()
     k, h = len(linears), len(outputs)
     return [_diagnostics(row, k, h) for row in flat]
