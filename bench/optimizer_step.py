@@ -48,8 +48,8 @@ def parameters(models: int, flat: bool, device: torch.device) -> list[torch.Tens
 
 
 def sliced_fused(models: int, device: torch.device, size: int) -> tuple[Callable[[], None], list[torch.Tensor]]:
-    """Adam's fused kernel over ``size``-element views of flat buffers; returns the step and the
-    parameters as the SHAPES-shaped views (to compare with another variant's)."""
+    """Adam's fused kernel over ``size``-element views of flat buffers; returns the step and the flat
+    parameter buffer (to compare with flat fused's)."""
     [flat] = parameters(models, True, device)
     param, grad = flat.detach(), flat.grad
     moments = torch.zeros_like(param), torch.zeros_like(param)

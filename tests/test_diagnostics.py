@@ -95,7 +95,7 @@ def test_diagnostics_do_not_change_what_is_trained_and_land_in_the_metrics():
     assert {"train_grad_norm_1", "train_grad_norm_3"} <= set(steps.final.as_dict())
 
 
-def stack_configs(**train) -> list[ExperimentConfig]:
+def stack_configs(**train) -> tuple[list[ExperimentConfig], object]:
     """Three runs that stack: two activations (one saturating), batch norm, dropout, and a zero init."""
     base, data = synthetic(
         model={"hidden": [32, 16], "batchnorm": {"position": "after"}, "dropout": 0.2}, train={"epochs": 2, **train}
