@@ -88,10 +88,10 @@ def dllab(root: str, device: torch.device, epochs: int, compile_step: bool = Fal
     data = load_dataset(config.data, DataRoot(__import__("pathlib").Path(root), "bench"), device)
 
     result = train(config, data, device, Observer())
-    if result.status != "completed":
-        raise SystemExit(f"dllab{' compiled' if compile_step else ''}: the run {result.status}: {result.error}")
-    seconds = [m.seconds for m in result.history]
     label = "dllab compiled" if compile_step else "dllab bf16" if bf16 else "dllab"
+    if result.status != "completed":
+        raise SystemExit(f"{label}: the run {result.status}: {result.error}")
+    seconds = [m.seconds for m in result.history]
     print(f"  {label}: last epoch train loss {result.final.train_loss:.4f}, test acc {result.final.test_acc:.4f}")
     if compile_step:
         print(f"  {label}: first epoch {seconds[0]:.2f} s (compiling the step), then {seconds[1:]}")

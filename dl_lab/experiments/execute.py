@@ -21,8 +21,7 @@ from dl_lab.runs.records import RunSummary
 from dl_lab.runs.store import create_run_dir
 from dl_lab.signals import deferred
 from dl_lab.training.device import (
-    ENV_FLUSH_DENORMALS,
-    ENV_ONEDNN_STACKS,
+    PROCESS_SWITCHES,
     available_bytes,
     choose_stack_matmuls,
     flush_denormals,
@@ -110,7 +109,7 @@ def load_data_for(
     """Resolve the device and load the dataset once per distinct (device, data) setting. With
     ``device_spec`` (the Ray driver: the runs train elsewhere) the data is checked on that device."""
     loaded: dict[str, tuple[torch.device, Dataset]] = {}
-    for name in (ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS):
+    for name in PROCESS_SWITCHES:
         switch(environ, name)  # a setting of the process, not of a variant: refused as such
     for config in configs:
         key = data_key(config)

@@ -64,9 +64,9 @@ def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     }
     if tensor_cache.cache_dir(environ) is None:
         env_vars[tensor_cache.ENV_CACHE_DIR] = tensor_cache.OFF
-    from dl_lab.training.device import ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS  # torch: imported only where Ray is
+    from dl_lab.training.device import PROCESS_SWITCHES  # torch: imported only where Ray is
 
-    env_vars.update({name: environ[name] for name in (ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS) if environ.get(name)})
+    env_vars.update({name: environ[name] for name in PROCESS_SWITCHES if environ.get(name)})
     address = options.address or environ.get("RAY_ADDRESS") or "local"  # local: a new instance, never a stale one
     try:
         ray.init(

@@ -23,6 +23,9 @@ ONEDNN_STACKS_MEASURED_ON = ("AuthenticAMD",)
 # 256-512 wide faster (0.79-0.91x).
 ONEDNN_STACKS_MIN_WIDTH = 128
 _stacks = {"onednn": False}  # this process's choice (choose_stack_matmuls)
+# The environment settings that choose this process's CPU float modes: checked once per command, and
+# handed to Ray's workers so that they choose as the driver would.
+PROCESS_SWITCHES = (ENV_FLUSH_DENORMALS, ENV_ONEDNN_STACKS)
 
 
 def resolve_device(spec: str) -> torch.device:
