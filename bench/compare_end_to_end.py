@@ -16,33 +16,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from dl_lab.training.device import cpu_kind
 
 
+class Timed(NamedTuple):
+    wall: float  # seconds of the whole command
+    trained: float  # the sum of its runs' training seconds (summary.json)
+    faults: int  # the page faults it took (minor: fresh pages from the kernel, no disk)
+
+
 def timed_compare(
-    engine: str, runs: Path, epochs: int, seeds: int, extra: list[str], source: Path | None = None
-) -> tuple[float, float]:
-    """(wall seconds of the whole command, sum of its runs' training seconds); ``source``: run the
-    dl_lab found there instead of this one."""
+    engine: str,
+    runs: Path,
+    epochs: int,
+    seeds: int,
+    extra: list[str],
+    source: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Timed:
+    """Time `dllab compare relu sigmoid` with ``engine``; ``source``: run the dl_lab found there
+    instead of this one; ``environ``: more environment settings for the command."""
     command = [sys.executable, "-m", "dl_lab", "compare", "relu", "sigmoid", "--seeds", str(seeds),
                "--set", f"train.epochs={epochs}", "--set", "device=cpu", "--engine", engine,
                "--runs-dir", str(runs), *extra]  # fmt: skip
+    env = {**os.environ, **(environ or {}), **({"PYTHONPATH": str(source)} if source else {})}
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(source)} if source else None
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=source)
     wall = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
     [folder] = runs.glob("compare-*")
     trained = sum(json.loads(p.read_text())["seconds"] for p in folder.glob("*/summary.json"))
-    return wall, trained
+    return Timed(wall, trained, faults)
 
 
 def main() -> None:
@@ -61,9 +78,9 @@ def main() -> None:
             for version, source in versions.items():
                 for engine in ("batched", "sequential") if repeat % 2 == 0 else ("sequential", "batched"):
                     runs = Path(root) / f"{len(walls)}-{engine}-{repeat}-{list(versions).index(version)}"
-                    wall, seconds = timed_compare(engine, runs, args.epochs, args.seeds, args.extra, source)
-                    walls[version, engine].append(wall)
-                    trained[version, engine].append(seconds)
+                    timed = timed_compare(engine, runs, args.epochs, args.seeds, args.extra, source)
+                    walls[version, engine].append(timed.wall)
+                    trained[version, engine].append(timed.trained)
     print(f"machine: {cpu_kind()}; {args.repeats} repeats, medians; compare relu sigmoid --seeds {args.seeds} "
           f"--set train.epochs={args.epochs} --set device=cpu {' '.join(args.extra)}")  # fmt: skip
     for version in versions:

@@ -32,7 +32,7 @@ def main() -> None:
     for pair in range(args.pairs):
         for mode in MODES if pair % 2 == 0 else MODES[::-1]:
             with tempfile.TemporaryDirectory() as runs:
-                wall, trained = timed_compare("batched", Path(runs), args.epochs, args.seeds, ["--stacks", mode])
+                wall, trained, _ = timed_compare("batched", Path(runs), args.epochs, args.seeds, ["--stacks", mode])
             times[mode].append((wall, trained))
             print(f"  --stacks {mode:<12} whole command {wall:.2f} s, training {trained:.2f} s", flush=True)
     ratios = [one[1] / apart[1] for one, apart in zip(times["architecture"], times["variant"])]

@@ -243,7 +243,7 @@ def test_executor_ray_without_ray_installed_is_a_usage_error_that_says_how_to_in
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS"])
+@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS", "DLLAB_KEEP_FREED_MEMORY"])
 @pytest.mark.parametrize("command", [["train", "--config"], ["compare"]])
 def test_a_bad_process_setting_is_refused_before_anything_is_written(
     runner, tmp_path, fast_config, monkeypatch, command, name

@@ -18,7 +18,7 @@ from conftest import FAST
 
 from dl_lab.cli.app import app
 from dl_lab.config.loader import load_config
-from dl_lab.training.device import bf16_operands, bf16_products, cpu_flags, cpu_vendor
+from dl_lab.training.device import bf16_operands, bf16_products, cpu_flags, cpu_vendor, keeps_freed_memory
 
 
 def run_dirs(runs: Path) -> list[Path]:
@@ -45,6 +45,8 @@ def test_train_writes_the_four_files_and_prints_a_result(runner, fast_config, tm
     assert env["onednn_stacks"] is (cpu_vendor() == "AuthenticAMD" and not bf16_products())  # auto
     can_flush = torch.set_flush_denormal(False)  # whether this CPU can (the run is over: resetting is harmless)
     assert env["flush_denormals"] is (cpu_vendor() == "GenuineIntel" and can_flush)
+    assert env["keep_freed_memory"] is keeps_freed_memory()  # (it lasts the process: an earlier test may set it)
+    assert env["keep_freed_memory"] or cpu_vendor() != "AuthenticAMD"  # auto: on where measured
     assert load_config(str(folder / "config.yaml")).config == load_config(str(fast_config)).config.model_copy(
         update={"name": "fast"}
     )

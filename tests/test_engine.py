@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import with_section
@@ -571,11 +575,83 @@ def test_denormals_are_flushed_where_measured_or_asked(monkeypatch, setting, ven
     assert (tiny.item() == 0.0) is flushed
 
 
-@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS"])
-def test_an_unknown_process_setting_is_refused_with_what_is_allowed(name):
-    from dl_lab.training.device import choose_stack_matmuls, flush_denormals
+@pytest.mark.parametrize(
+    "setting, vendor, device, glibc_takes_it, kept",
+    [
+        (None, "AuthenticAMD", "cpu", True, True),  # auto: measured to pay on AMD EPYC
+        ("auto", "AuthenticAMD", "cpu", True, True),
+        (None, "GenuineIntel", "cpu", True, False),  # not measured there: left as it was
+        (None, "AuthenticAMD", "cuda", True, False),  # the CPU hardly computes for a CUDA run
+        (" ON ", "GenuineIntel", "cpu", True, True),
+        ("on", "AuthenticAMD", "cpu", False, False),  # not glibc, or a glibc that refuses: says so
+        ("off", "AuthenticAMD", "cpu", True, False),
+    ],
+)
+def test_freed_memory_is_kept_where_measured_or_asked(monkeypatch, setting, vendor, device, glibc_takes_it, kept):
+    from dl_lab.training import device as device_module
 
-    choose = flush_denormals if name == "DLLAB_FLUSH_DENORMALS" else choose_stack_matmuls
+    calls = []
+    monkeypatch.setattr(device_module, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(device_module, "_raise_malloc_thresholds", lambda: calls.append(1) or glibc_takes_it)
+    monkeypatch.setitem(device_module._malloc, "keeps_freed", False)  # a fresh process's state
+    environ = {} if setting is None else {"DLLAB_KEEP_FREED_MEMORY": setting}
+    assert device_module.keep_freed_memory(torch.device(device), environ) is kept
+    assert device_module.keeps_freed_memory() is kept
+    asked = setting is not None and setting.strip() == "on"
+    assert len(calls) == (1 if kept or asked else 0)  # glibc is asked only where it is wanted
+    if kept:  # set once for the process
+        assert device_module.keep_freed_memory(torch.device(device), {"DLLAB_KEEP_FREED_MEMORY": "off"}) is True
+        assert len(calls) == 1
+
+
+KEEP_FREED_PROBE = """
+import resource, sys, torch
+from dl_lab.training import device
+kept = device.keep_freed_memory(torch.device("cpu"), {"DLLAB_KEEP_FREED_MEMORY": sys.argv[1]})
+elements = int(sys.argv[2]) * 2**20 // 4  # float32 elements in that many MiB
+def cycle():
+    blocks = [torch.ones(elements) for _ in range(2)]  # written, so every page is touched
+    del blocks
+for _ in range(3):
+    cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    cycle()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and getrusage's page faults: Linux")
+def test_with_freed_memory_kept_tensors_reuse_pages_instead_of_faulting_fresh_ones(tmp_path):
+    """Blocks over 32 MiB are always mmapped and unmapped again by glibc's default malloc (its dynamic
+    threshold stops there): each new one is fresh pages from the kernel, one fault per page. Kept, the
+    freed pages serve the next blocks. In a new process each, since the setting lasts the process."""
+
+    def faults(setting: str) -> tuple[bool, int]:
+        done = subprocess.run(
+            [sys.executable, "-c", KEEP_FREED_PROBE, setting, "40"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        kept, count = done.stdout.split()
+        return kept == "True", int(count)
+
+    kept, count = faults("on")
+    if not kept:
+        pytest.skip("this C library is not glibc, or refused the thresholds")
+    pages = 20 * 2 * 40 * 2**20 // resource.getpagesize()  # what 20 cycles of fresh blocks fault
+    assert faults("off") == (False, pytest.approx(pages, rel=0.05))
+    assert count < 0.3 * pages  # mostly none; now and then a cycle or two of fresh pages
+
+
+@pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS", "DLLAB_KEEP_FREED_MEMORY"])
+def test_an_unknown_process_setting_is_refused_with_what_is_allowed(name):
+    from dl_lab.training.device import choose_stack_matmuls, flush_denormals, keep_freed_memory
+
+    choose = {
+        "DLLAB_FLUSH_DENORMALS": flush_denormals,
+        "DLLAB_ONEDNN_STACKS": choose_stack_matmuls,
+        "DLLAB_KEEP_FREED_MEMORY": keep_freed_memory,
+    }[name]
     with pytest.raises(
         ConfigError, match=rf"\${name}='yes please' is not a setting; allowed: auto \(default\), on, off"
     ):

@@ -217,6 +217,7 @@ def test_a_node_lost_mid_grid_is_retried_elsewhere_and_nothing_is_lost_or_duplic
         ({"DLLAB_CACHE_DIR": "off"}, {"DLLAB_CACHE_DIR": "off"}),
         ({"DLLAB_FLUSH_DENORMALS": "off"}, {"DLLAB_FLUSH_DENORMALS": "off"}),  # a process setting: passed as is
         ({"DLLAB_ONEDNN_STACKS": "on"}, {"DLLAB_ONEDNN_STACKS": "on"}),
+        ({"DLLAB_KEEP_FREED_MEMORY": "off"}, {"DLLAB_KEEP_FREED_MEMORY": "off"}),
         (
             {"DLLAB_DATA_DIR": "data", "DLLAB_CACHE_DIR": "c"},
             {"DLLAB_DATA_DIR": "{cwd}/data", "DLLAB_CACHE_DIR": "{cwd}/c"},

@@ -25,6 +25,7 @@ from dl_lab.training.device import (
     available_bytes,
     choose_stack_matmuls,
     flush_denormals,
+    keep_freed_memory,
     resolve_device,
     switch,
 )
@@ -65,6 +66,7 @@ def device_and_data(
     device = resolve_device(device_spec or config.device)
     flush_denormals(device, environ)  # before torch's first parallel work starts its threads
     choose_stack_matmuls(device, environ)
+    keep_freed_memory(device, environ)
     return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 

@@ -55,7 +55,8 @@ def import_ray() -> Any:
 
 def connect(options: RayOptions, environ: Mapping[str, str]) -> Any:
     """Join the cluster at --address or $RAY_ADDRESS, else start a local Ray instance; workers get
-    $DLLAB_DATA_DIR, $DLLAB_CACHE_DIR, $DLLAB_FLUSH_DENORMALS and $DLLAB_ONEDNN_STACKS through Ray's runtime env."""
+    $DLLAB_DATA_DIR, $DLLAB_CACHE_DIR and the process settings (device.PROCESS_SWITCHES: $DLLAB_FLUSH_DENORMALS,
+    $DLLAB_ONEDNN_STACKS, $DLLAB_KEEP_FREED_MEMORY) through Ray's runtime env."""
     ray = import_ray()
     env_vars = {
         name: str(Path(environ[name]).expanduser().resolve())

@@ -20,6 +20,7 @@ from dl_lab.training.device import (
     cpu_flags,
     denormals_flushed,
     device_name,
+    keeps_freed_memory,
     onednn_stacks,
 )
 
@@ -69,6 +70,7 @@ def environment(device: torch.device, data_root: str) -> dict[str, Any]:
         "bf16_operands": bf16_operands() if device.type == "cpu" else None,
         "onednn_stacks": onednn_stacks() if device.type == "cpu" else None,  # $DLLAB_ONEDNN_STACKS
         "flush_denormals": denormals_flushed() if device.type == "cpu" else None,  # $DLLAB_FLUSH_DENORMALS
+        "keep_freed_memory": keeps_freed_memory(),  # $DLLAB_KEEP_FREED_MEMORY
         "cpu_threads": torch.get_num_threads(),
         "data_root": data_root or None,
         "git": git_commit(Path(dl_lab.__file__).resolve().parent),
