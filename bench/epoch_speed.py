@@ -8,7 +8,9 @@
 (e) with --bf16: dllab's engine with train.bf16_matmul (what it does depends on the CPU: env.json's
     bf16_products and bf16_operands)
 
-Each epoch includes one evaluation of the 10k test images, for all three. With --rounds R the three
+Each epoch includes one evaluation of the 10k test images, for all three. The process is set up as
+`dllab train` sets up its own (device.configure_process: denormals, the allocator), for every
+pipeline alike since the settings are process-wide. With --rounds R the three
 pipelines take turns R times (the order rotating each round), and the ratios are taken within each
 round, so a machine that gets busier or quieter over the minutes shifts all three alike. Prints each
 round's median seconds per epoch and ratios, and the median ratios over the rounds.
@@ -138,10 +140,12 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="add dllab's engine with train.bf16_matmul")
     args = parser.parse_args()
     device = torch.device(args.device)
-    from dl_lab.training.device import hardware
+    from dl_lab.training.device import configure_process, denormals_flushed, hardware, keeps_freed_memory
 
+    configure_process(device, os.environ)
     name = hardware(device)
-    print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {name}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"denormals flushed {denormals_flushed()}, freed memory kept {keeps_freed_memory()}")  # fmt: skip
     print(f"{args.epochs} epochs each of 784-256-256-10 ReLU, Adam lr 0.001, batch 100, on {device}")
     pipelines = [("classic lab loop", classic), ("dllab engine", dllab), ("bare tensor loop", floor)]
     if args.compile:

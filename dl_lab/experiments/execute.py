@@ -23,9 +23,7 @@ from dl_lab.signals import deferred
 from dl_lab.training.device import (
     PROCESS_SWITCHES,
     available_bytes,
-    choose_stack_matmuls,
-    flush_denormals,
-    keep_freed_memory,
+    configure_process,
     resolve_device,
     switch,
 )
@@ -64,9 +62,7 @@ def device_and_data(
 ) -> tuple[torch.device, Dataset]:
     """The config's device (or ``device_spec``), and its dataset loaded onto it."""
     device = resolve_device(device_spec or config.device)
-    flush_denormals(device, environ)  # before torch's first parallel work starts its threads
-    choose_stack_matmuls(device, environ)
-    keep_freed_memory(device, environ)
+    configure_process(device, environ)
     return device, load_dataset(config.data, resolve_data_root(config.data.root, environ), device)
 
 

@@ -168,6 +168,14 @@ def onednn_stacks() -> bool:
     return _stacks["onednn"]
 
 
+def configure_process(device: torch.device, environ: Mapping[str, str]) -> None:
+    """This process's CPU float modes and allocator for training on ``device``, as the environment
+    (PROCESS_SWITCHES) asks: called before the data are loaded, before torch starts its worker threads."""
+    flush_denormals(device, environ)
+    choose_stack_matmuls(device, environ)  # after flush_denormals: its probe starts torch's threads
+    keep_freed_memory(device, environ)
+
+
 def keep_freed_memory(device: torch.device, environ: Mapping[str, str]) -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of giving it back to the kernel, where
     that pays, and say whether this process does. A training step on the CPU allocates and frees
