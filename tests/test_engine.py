@@ -604,6 +604,24 @@ def test_freed_memory_is_kept_where_measured_or_asked(monkeypatch, setting, vend
         assert len(calls) == 1
 
 
+@pytest.mark.parametrize("libc", [None, "musl 1.2.4", "no such name", "no confstr"])
+def test_freed_memory_is_left_alone_where_the_c_library_is_not_glibc(monkeypatch, libc):
+    from dl_lab.training import device as device_module
+
+    def confstr(name):
+        if libc == "no such name":  # macOS, musl
+            raise ValueError(f"unrecognized configuration name {name!r}")
+        return libc
+
+    if libc == "no confstr":  # Windows
+        monkeypatch.delattr(device_module.os, "confstr", raising=False)
+    else:
+        monkeypatch.setattr(device_module.os, "confstr", confstr)
+    monkeypatch.setattr(device_module.ctypes, "CDLL", lambda *a: pytest.fail("mallopt called outside glibc"))
+    monkeypatch.setitem(device_module._malloc, "keeps_freed", False)
+    assert device_module.keep_freed_memory(CPU, {"DLLAB_KEEP_FREED_MEMORY": "on"}) is False
+
+
 KEEP_FREED_PROBE = """
 import resource, sys, torch
 from dl_lab.training import device

@@ -187,8 +187,7 @@ def keep_freed_memory(device: torch.device, environ: Mapping[str, str]) -> bool:
     thresholds to KEEP_FREED_BYTES keeps those pages in the process: 0.25 million faults, and the stack
     trained in 0.67x the time on the 2-core AMD EPYC (bench/freed_memory.py). The peak memory is the
     same; what changes is that the process's resident memory no longer drops below its peak, by up
-    to 1 GiB, until it exits.
-    Where the C library is not glibc it changes nothing (False).
+    to 1 GiB, until it exits. Where the C library is not glibc it changes nothing (False).
 
     $DLLAB_KEEP_FREED_MEMORY: ``auto`` (default: on for a CPU device of a vendor in
     KEEP_FREED_MEASURED_ON), ``on`` or ``off``. glibc's dynamic thresholds cannot be restored, so once
@@ -210,7 +209,7 @@ def _raise_malloc_thresholds() -> bool:
     more); whether glibc took them."""
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):  # no such name here: not glibc
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (macOS, musl)
         return False
     if not libc.startswith("glibc"):
         return False
