@@ -623,42 +623,60 @@ def test_freed_memory_is_left_alone_where_the_c_library_is_not_glibc(monkeypatch
 
 
 KEEP_FREED_PROBE = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
 from dl_lab.training import device
 kept = device.keep_freed_memory(torch.device("cpu"), {"DLLAB_KEEP_FREED_MEMORY": sys.argv[1]})
-elements = int(sys.argv[2]) * 2**20 // 4  # float32 elements in that many MiB
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+MallInfo2 = type("MallInfo2", (ctypes.Structure,), {"_fields_": [(name, ctypes.c_size_t) for name in FIELDS]})
+libc = ctypes.CDLL(None)
+mallinfo2 = libc.mallinfo2  # glibc >= 2.33
+mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+block = libc.malloc(20 * 2**20)  # the heap's top: freed, it is kept or trimmed (given back)
+ctypes.memset(block, 1, 20 * 2**20)
+libc.free(block)
+top = mallinfo2().keepcost // 2**20  # MiB of free memory at the heap's top
+elements = 24 * 2**20 // 4  # float32 elements in 24 MiB
 def cycle():
-    blocks = [torch.ones(elements) for _ in range(2)]  # written, so every page is touched
+    blocks = [torch.ones(elements) for _ in range(3)]  # written: every page touched
+    mapped = mallinfo2().hblks
     del blocks
-for _ in range(3):
+    return mapped
+mapped = cycle() - mallinfo2().hblks  # the blocks glibc gave an mmap of their own (unmapped when freed)
+for _ in range(5):
     cycle()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
     cycle()
-print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, top, mapped, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and getrusage's page faults: Linux")
-def test_with_freed_memory_kept_tensors_reuse_pages_instead_of_faulting_fresh_ones(tmp_path):
-    """Blocks over 32 MiB are always mmapped and unmapped again by glibc's default malloc (its dynamic
-    threshold stops there): each new one is fresh pages from the kernel, one fault per page. Kept, the
-    freed pages serve the next blocks. In a new process each, since the setting lasts the process."""
+def test_with_freed_memory_kept_tensors_reuse_the_heap_instead_of_fresh_pages(tmp_path):
+    """In a new process (the setting lasts the process), glibc's defaults give each 24 MiB tensor an
+    mmap of its own, unmapped when it is freed, so the next one is fresh pages, one fault per page;
+    kept, such tensors come from the heap, a freed block at the heap's top stays there, and once the
+    heap has grown to fit, a tensor reuses freed pages: no faults at all."""
 
-    def faults(setting: str) -> tuple[bool, int]:
+    def probe(setting: str) -> tuple[bool, int, int, int]:
         done = subprocess.run(
-            [sys.executable, "-c", KEEP_FREED_PROBE, setting, "40"], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", KEEP_FREED_PROBE, setting], capture_output=True, text=True, timeout=120
         )
+        if "undefined symbol: mallinfo2" in done.stderr:
+            pytest.skip("glibc before 2.33 (no mallinfo2)")
         assert done.returncode == 0, done.stderr
-        kept, count = done.stdout.split()
-        return kept == "True", int(count)
+        kept, top, mapped, faults = done.stdout.split()
+        return kept == "True", int(top), int(mapped), int(faults)
 
-    kept, count = faults("on")
+    kept, top, mapped, faults = probe("on")
     if not kept:
         pytest.skip("this C library is not glibc, or refused the thresholds")
-    pages = 20 * 2 * 40 * 2**20 // resource.getpagesize()  # what 20 cycles of fresh blocks fault
-    assert faults("off") == (False, pytest.approx(pages, rel=0.05))
-    assert count < 0.3 * pages  # mostly none; now and then a cycle or two of fresh pages
+    assert top >= 20  # the trim threshold: kept, not given back
+    assert mapped == 0  # the mmap threshold: from the heap
+    assert faults < 0.05 * 5 * 3 * 24 * 2**20 / resource.getpagesize()
+    kept, _, mapped, _ = probe("off")
+    assert (kept, mapped) == (False, 3)  # what it changes: glibc's own threshold has not reached 24 MiB
 
 
 @pytest.mark.parametrize("name", ["DLLAB_FLUSH_DENORMALS", "DLLAB_ONEDNN_STACKS", "DLLAB_KEEP_FREED_MEMORY"])

@@ -27,12 +27,15 @@ ONEDNN_STACKS_MIN_WIDTH = 128
 _stacks = {"onednn": False}  # this process's choice (choose_stack_matmuls)
 ENV_KEEP_FREED_MEMORY = "DLLAB_KEEP_FREED_MEMORY"
 # CPU vendors where keeping freed memory was measured to pay (bench/freed_memory.py; docs/performance.md):
-# on the 2-core AMD EPYC the 2 x 5 comparison's stack trained in 0.67x the time (median of 3 pairs),
-# with 0.09x the page faults; lone runs 0.99x.
+# on the 2-core AMD EPYC the 2 x 5 comparison's stack trained in 0.69x the time (median of 3 pairs;
+# bf16 0.48x), with 0.14x the page faults; lone runs about 1x.
 KEEP_FREED_MEASURED_ON = ("AuthenticAMD",)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-KEEP_FREED_BYTES = 2**30  # both thresholds: up to 1 GiB freed is kept for reuse, blocks under 1 GiB come from the heap
-MMAP_THRESHOLD_LIMIT = 32 * 2**20  # the largest mmap threshold a glibc that limits it accepts (64-bit)
+# Blocks up to 32 MiB (the most glibc's own dynamic threshold reaches on 64-bit) come from the heap and
+# are reused; larger ones stay mmapped, since a heap holding those too grew the 784-512x4 presets'
+# peak memory by a fifth (docs/performance.md). Up to 1 GiB of free heap is kept, not given back.
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+TRIM_THRESHOLD_BYTES = 2**30
 _malloc = {"keeps_freed": False}  # this process's state (keep_freed_memory): once set, kept
 # The environment settings that choose this process's CPU float modes and allocator: checked once per
 # command, and handed to Ray's workers so that they choose as the driver would.
@@ -183,11 +186,12 @@ def keep_freed_memory(device: torch.device, environ: Mapping[str, str]) -> bool:
     hands blocks over its mmap threshold straight back (munmap) and trims the free top of its heaps
     beyond its trim threshold; its dynamic thresholds did not prevent either under torch's worker
     threads: a 1-epoch 2 x 5 comparison page-faulted 0.4-4.3 million times (it varies from run to
-    run), each fault a fresh zeroed page from the kernel, a microsecond or two in a VM. Raising both
-    thresholds to KEEP_FREED_BYTES keeps those pages in the process: 0.25 million faults, and the stack
-    trained in 0.67x the time on the 2-core AMD EPYC (bench/freed_memory.py). The peak memory is the
-    same; what changes is that the process's resident memory no longer drops below its peak, by up
-    to 1 GiB, until it exits. Where the C library is not glibc it changes nothing (False).
+    run), each fault a fresh zeroed page from the kernel, a microsecond or two in a VM. Fixing the
+    thresholds (MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES) keeps those pages in the process: a seventh
+    of the faults, and the stack trained in 0.69x the time on the 2-core AMD EPYC
+    (bench/freed_memory.py). The process's resident memory no longer drops below its peak, by up to
+    1 GiB, until it exits, and its peak grew by 1-3%. Where the C library is not glibc it changes
+    nothing (False).
 
     $DLLAB_KEEP_FREED_MEMORY: ``auto`` (default: on for a CPU device of a vendor in
     KEEP_FREED_MEASURED_ON), ``on`` or ``off``. glibc's dynamic thresholds cannot be restored, so once
@@ -205,8 +209,7 @@ def keeps_freed_memory() -> bool:
 
 
 def _raise_malloc_thresholds() -> bool:
-    """mallopt both thresholds up (the mmap threshold to MMAP_THRESHOLD_LIMIT where glibc refuses
-    more); whether glibc took them."""
+    """mallopt both thresholds up; whether glibc took them."""
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (macOS, musl)
@@ -218,9 +221,7 @@ def _raise_malloc_thresholds() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES) != 1 and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_LIMIT) != 1:
-        return False
-    return mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1
+    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
 
 
 def switch(environ: Mapping[str, str], name: str) -> str:
