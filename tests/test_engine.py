@@ -103,6 +103,23 @@ def test_evaluation_uses_eval_mode_is_deterministic_and_restores_train_mode():
     assert noisy[0] != noisy[1]  # dropout is active in train mode
 
 
+def test_evaluation_in_chunks_counts_what_one_pass_counts_in_blocks_the_heap_serves_again(monkeypatch):
+    from dl_lab.training import engine, memory
+    from dl_lab.training.device import MMAP_THRESHOLD_BYTES
+
+    # a stack of 10 models 512 wide: each activation of a chunk stays a block glibc's heap reuses
+    assert engine.EVAL_BATCH_SIZE == memory.EVAL_ROWS and memory.EVAL_ROWS * 10 * 512 * 4 <= MMAP_THRESHOLD_BYTES
+    config = make_config()
+    data = dataset(config)
+    model = build_mlp(config.model, 784, 10)
+    monkeypatch.setattr(engine, "EVAL_BATCH_SIZE", len(data.test))
+    whole_loss, whole_correct = evaluate_model(model, data.test)
+    monkeypatch.setattr(engine, "EVAL_BATCH_SIZE", 300)  # four chunks, the last one of 100
+    loss, correct = evaluate_model(model, data.test)
+    assert correct.item() == whole_correct.item() > 0
+    assert loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
+
+
 class InterruptAt(Quiet):
     def __init__(self, epoch, exception):
         self.epoch, self.exception = epoch, exception

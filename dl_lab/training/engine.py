@@ -38,6 +38,7 @@ from dl_lab.training.device import matmul_operands_bf16, stack_precision
 from dl_lab.training.diagnostics import PROBE_SIZE, probe
 from dl_lab.training.events import Observer
 from dl_lab.training.fused import single_pass
+from dl_lab.training.memory import EVAL_ROWS
 from dl_lab.training.results import (
     BatchPlan,
     Diagnostics,
@@ -47,7 +48,7 @@ from dl_lab.training.results import (
     TrainResult,
 )
 
-EVAL_BATCH_SIZE = 10_000  # evaluation needs no gradients, so big batches are cheap and fast
+EVAL_BATCH_SIZE = EVAL_ROWS  # evaluation needs no gradients: chunks far larger than a training batch
 DIVERGENCE_CHECK_STEPS = 50  # the host looks for a diverged loss this often (a sync), not every step
 # A cross-entropy loss this large means logits of that size: the weights have blown up. Whether float32
 # then overflows to inf/nan is luck, so such a loss counts as diverged too.
